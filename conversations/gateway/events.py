@@ -1,0 +1,57 @@
+"""The typed events every provider yields, and the request they answer."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """Everything one upstream call needs, built from a conversation's settings."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    system: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    """The upstream accepted the call; `log_id` links the reply to the gateway log."""
+
+    log_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    stop_reason: str = "end_turn"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyError:
+    """A failure, as a value: `message` is safe to show a user, `detail` is for operators."""
+
+    message: str
+    kind: str = "upstream"
+    status: int | None = None
+    code: str = ""
+    detail: str = ""
+    retryable: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Event = ResponseStarted | TextDelta | Usage | Finished | ReplyError

@@ -1,0 +1,154 @@
+"""Conversations and their turns: data and invariants only."""
+
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def validate_finite(value: float) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValidationError("Enter a finite number.", code="invalid")
+
+
+UNIT_INTERVAL: list[Callable[[Any], None]] = [
+    validate_finite,
+    MinValueValidator(0.0),
+    MaxValueValidator(1.0),
+]
+
+
+class Conversation(models.Model):
+    """One chat: its owner, model, system prompt and sampling settings."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=64)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(temperature__isnull=True) | Q(temperature__gte=0, temperature__lte=1),
+                name="conversation_temperature_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(top_p__isnull=True) | Q(top_p__gte=0, top_p__lte=1),
+                name="conversation_top_p_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(temperature__isnull=True) | Q(top_p__isnull=True),
+                name="conversation_temperature_or_top_p",
+            ),
+            models.CheckConstraint(
+                condition=Q(top_k__isnull=True) | Q(top_k__gt=0), name="conversation_top_k_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens__gt=0), name="conversation_max_tokens_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or "New chat"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        spec = settings.CHAT_MODELS.get(self.model)
+        if spec is None:
+            errors["model"] = "Choose one of the offered models."
+        elif self.max_tokens and self.max_tokens > spec["max_output_tokens"]:
+            errors["max_tokens"] = (
+                f"{spec['label']} writes at most {spec['max_output_tokens']} tokens."
+            )
+        if self.temperature is not None and self.top_p is not None:
+            errors["top_p"] = "Set temperature or top_p, not both: these models refuse both."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def display_title(self) -> str:
+        return self.title or "New chat"
+
+
+class Turn(models.Model):
+    """A message in a conversation: the user's, or an assistant reply with its own record."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        ERROR = "error"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    ACTIVE_STATES = (State.PENDING, State.STREAMING)
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    position = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.COMPLETE)
+    error_message = models.CharField(max_length=500, blank=True)
+    # What this reply was actually made with (the conversation may change later).
+    model = models.CharField(max_length=64, blank=True)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    top_k = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=32, blank=True)
+    gateway_log_id = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Written with every checkpoint: a stale heartbeat means the process died.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["conversation", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "position"], name="turn_unique_position"
+            ),
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(state__in=["pending", "streaming"]),
+                name="turn_one_active_reply",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.position}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def dom_id(self) -> str:
+        return f"turn-{self.pk}"

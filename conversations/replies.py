@@ -1,0 +1,265 @@
+"""The server-side reply runner: one task per reply, independent of any socket.
+
+It streams the provider's events, sends text to the conversation's channel group
+in coalesced pieces (each with its character offset, so a page can catch up
+without gaps or doubles), checkpoints the text to the database a few times a
+second, listens for stop and catch-up requests on the channel layer, and
+records the final state exactly once.
+"""
+
+import asyncio
+import logging
+import uuid
+from contextlib import aclosing
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.template.loader import render_to_string
+
+from .gateway import Provider, ReplyError, ResponseStarted, TextDelta, Usage, provider_for
+from .gateway.events import Finished
+from .models import Turn
+from .services import ReplyOutcome, reply_finish, reply_request, reply_start, turn_checkpoint
+
+logger = logging.getLogger("conversations.replies")
+
+_running: dict[int, "ReplyRunner"] = {}
+
+
+def conversation_group(conversation_id: uuid.UUID | str) -> str:
+    """Every open socket of a conversation listens here."""
+    return f"conversation.{conversation_id}"
+
+
+def control_group(conversation_id: uuid.UUID | str) -> str:
+    """The runner of a conversation's reply listens here for stop and catch-up requests."""
+    return f"reply-control.{conversation_id}"
+
+
+def render_turn(turn: Turn, *, oob: bool) -> str:
+    return render_to_string("conversations/partials/turn.html", {"turn": turn, "oob": oob})
+
+
+def render_reply_controls(*, active_turn: Turn | None) -> str:
+    return render_to_string(
+        "conversations/partials/reply_controls.html", {"active_turn": active_turn, "oob": True}
+    )
+
+
+class ReplyRunner:
+    def __init__(self, *, turn: Turn, provider: Provider | None = None) -> None:
+        self.turn_id = turn.pk
+        self.conversation_id = turn.conversation_id
+        self.turn = turn
+        self.provider = provider or provider_for(turn.model)
+        self.layer = get_channel_layer()
+        self.group = conversation_group(self.conversation_id)
+        self.parts: list[str] = []
+        self.length = 0
+        self.sent = 0  # characters already sent to the group
+        self.log_id = ""
+        self.usage = Usage()
+        self.stop_reason = ""
+        self.stop_requested = False
+        self.task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._last_flush = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._last_checkpoint = 0.0
+        self._checkpoint: asyncio.Task[bool] | None = None
+        self._superseded = False
+        self._control = ""
+        self._flush_lock = asyncio.Lock()
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def start(self) -> asyncio.Task[None]:
+        """Listen for control messages, then run the reply in its own task.
+
+        Subscribing first means a page that sees this reply streaming can always
+        reach its runner for catch-up.
+        """
+        self._control = await self.layer.new_channel()
+        await self.layer.group_add(control_group(self.conversation_id), self._control)
+        self.task = self._loop.create_task(self.run(), name=f"reply-{self.turn_id}")
+        _running[self.turn_id] = self
+        self.task.add_done_callback(lambda _: _running.pop(self.turn_id, None))
+        return self.task
+
+    async def run(self) -> None:
+        listener = self._loop.create_task(self._listen(self._control))
+        try:
+            outcome = await self._stream()
+        except asyncio.CancelledError:
+            if not self.stop_requested:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            outcome = self._outcome(Turn.State.CANCELLED, stop_reason="cancelled")
+        except Exception:
+            logger.exception("reply_failed turn=%s", self.turn_id)
+            outcome = self._outcome(Turn.State.ERROR, error="Something went wrong on the server.")
+        finally:
+            listener.cancel()
+            self._cancel_flush_timer()
+            await self.layer.group_discard(control_group(self.conversation_id), self._control)
+        await self._finish(outcome)
+
+    async def _stream(self) -> ReplyOutcome:
+        if not await database_sync_to_async(reply_start)(turn_id=self.turn_id):
+            self._superseded = True
+            return self._outcome(Turn.State.CANCELLED)
+        await self._broadcast_state()
+        request = await database_sync_to_async(reply_request)(turn=self.turn)
+        async with aclosing(self.provider.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    await self._append(event.text)
+                elif isinstance(event, ResponseStarted):
+                    self.log_id = event.log_id or self.log_id
+                elif isinstance(event, Usage):
+                    self.usage = event
+                elif isinstance(event, Finished):
+                    self.stop_reason = event.stop_reason
+                    return self._outcome(Turn.State.COMPLETE, stop_reason=event.stop_reason)
+                elif isinstance(event, ReplyError):
+                    self.log_id = event.extra.get("log_id") or self.log_id
+                    logger.warning(
+                        "reply_error turn=%s kind=%s status=%s code=%s log_id=%s",
+                        self.turn_id,
+                        event.kind,
+                        event.status,
+                        event.code,
+                        self.log_id,
+                    )
+                    return self._outcome(Turn.State.ERROR, error=event.message)
+                if self._superseded:
+                    return self._outcome(Turn.State.CANCELLED)
+        return self._outcome(Turn.State.ERROR, error="The reply ended before it was complete.")
+
+    def stop(self) -> None:
+        """Stop the reply; the text so far is kept and the reply ends `cancelled`."""
+        if self.task is not None and not self.task.done():
+            self.stop_requested = True
+            self.task.cancel()
+
+    def _outcome(self, state: str, *, error: str = "", stop_reason: str = "") -> ReplyOutcome:
+        return ReplyOutcome(
+            state=state,
+            content=self.text,
+            error_message=error,
+            stop_reason=stop_reason or self.stop_reason,
+            input_tokens=self.usage.input_tokens,
+            output_tokens=self.usage.output_tokens,
+            gateway_log_id=self.log_id,
+        )
+
+    async def _finish(self, outcome: ReplyOutcome) -> None:
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        await self._flush()
+        turn = await database_sync_to_async(reply_finish)(turn_id=self.turn_id, outcome=outcome)
+        if turn is None:
+            # Someone else ended it (another process, or a sweep): show what is stored.
+            turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
+        html = await database_sync_to_async(self._final_fragments)(turn)
+        await self.layer.group_send(
+            self.group,
+            {"type": "reply.finished", "turn_id": self.turn_id, "html": html},
+        )
+
+    @staticmethod
+    def _final_fragments(turn: Turn) -> str:
+        return render_turn(turn, oob=True) + render_reply_controls(active_turn=None)
+
+    async def _broadcast_state(self) -> None:
+        self.turn.state = Turn.State.STREAMING
+        html = render_turn(self.turn, oob=True)
+        await self.layer.group_send(
+            self.group, {"type": "reply.state", "turn_id": self.turn_id, "html": html}
+        )
+
+    # --- text: coalesced sends and batched checkpoints ---------------------
+
+    async def _append(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+        now = self._loop.time()
+        if now - self._last_flush >= settings.CHAT_FLUSH_INTERVAL:
+            await self._flush()
+        elif self._flush_timer is None:
+            delay = self._last_flush + settings.CHAT_FLUSH_INTERVAL - now
+            self._flush_timer = self._loop.call_later(delay, self._flush_soon)
+        if now - self._last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._last_checkpoint = now
+            self._checkpoint = self._loop.create_task(self._save_checkpoint(self.text))
+
+    async def _save_checkpoint(self, content: str) -> bool:
+        saved: bool = await database_sync_to_async(turn_checkpoint)(
+            turn_id=self.turn_id, content=content
+        )
+        if not saved:
+            # The reply was ended elsewhere (stopped from another process, or swept).
+            self._superseded = True
+        return saved
+
+    def _cancel_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        # Serialised, so pieces reach the group in offset order.
+        async with self._flush_lock:
+            self._cancel_flush_timer()
+            self._last_flush = self._loop.time()
+            if self.sent >= self.length:
+                return
+            start = self.sent
+            piece = self.text[start:]
+            self.sent = self.length
+            await self.layer.group_send(
+                self.group,
+                {"type": "reply.delta", "turn_id": self.turn_id, "offset": start, "text": piece},
+            )
+
+    # --- control: stop and catch-up from any process ------------------------
+
+    async def _listen(self, channel: str) -> None:
+        while True:
+            message: dict[str, Any] = await self.layer.receive(channel)
+            kind = message.get("type")
+            if kind == "reply.stop":
+                self.stop()
+            elif kind == "reply.snapshot" and message.get("reply_channel"):
+                # Everything sent to the group so far is covered by this text.
+                await self._flush()
+                await self.layer.send(
+                    message["reply_channel"],
+                    {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text},
+                )
+
+
+async def reply_launch(*, turn: Turn, provider: Provider | None = None) -> ReplyRunner:
+    """Start writing a reply in its own task on the running loop."""
+    runner = ReplyRunner(turn=turn, provider=provider)
+    await runner.start()
+    return runner
+
+
+def reply_runner(turn_id: int) -> ReplyRunner | None:
+    """The runner of a reply in this process, if it is running here."""
+    return _running.get(turn_id)

@@ -1,0 +1,48 @@
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from ..gateway import model_available
+from ..models import Conversation
+
+SETTING_FIELDS = ("title", "model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
+
+
+def _validate(conversation: Conversation) -> None:
+    conversation.full_clean(exclude=["owner"])
+    if not model_available(conversation.model):
+        raise ValidationError({"model": "This model is not configured on this server."})
+
+
+@transaction.atomic
+def conversation_create(*, owner: Any, **fields: Any) -> Conversation:
+    """A new conversation with the given settings (defaults from settings)."""
+    unknown = set(fields) - set(SETTING_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown fields: {sorted(unknown)}")
+    fields = {k: v for k, v in fields.items() if v is not None and v != ""}
+    fields.setdefault("model", settings.CHAT_DEFAULT_MODEL)
+    fields.setdefault("max_tokens", settings.CHAT_DEFAULT_MAX_TOKENS)
+    conversation = Conversation(owner=owner, **fields)
+    _validate(conversation)
+    conversation.save()
+    return conversation
+
+
+@transaction.atomic
+def conversation_update(*, conversation: Conversation, **fields: Any) -> Conversation:
+    """Change settings; they apply to the next reply. Nothing is saved when invalid."""
+    unknown = set(fields) - set(SETTING_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown fields: {sorted(unknown)}")
+    candidate = Conversation.objects.get(pk=conversation.pk)
+    for name, value in fields.items():
+        setattr(candidate, name, value)
+    _validate(candidate)
+    candidate.save(update_fields=[*fields, "updated_at"])
+    for name, value in fields.items():
+        setattr(conversation, name, value)
+    conversation.updated_at = candidate.updated_at
+    return conversation

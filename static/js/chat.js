@@ -1,0 +1,53 @@
+// Chat page behaviour that htmx attributes cannot express: keyboard shortcuts,
+// clearing the message box once the server acknowledged it, keeping the newest
+// text in view, and copy buttons. No inline scripts (a CSP forbids them).
+(function () {
+  "use strict";
+
+  function composer() { return document.getElementById("composer"); }
+
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (target && target.name === "message" && target.form && target.form.id === "composer") {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        if (target.value.trim()) { target.form.requestSubmit(); }
+        return;
+      }
+    }
+    if (event.key === "Escape") {
+      var stop = document.querySelector("#reply-controls button.stop");
+      if (stop) { event.preventDefault(); stop.click(); }
+    }
+  });
+
+  function nearBottom() {
+    var doc = document.scrollingElement || document.documentElement;
+    return doc.scrollHeight - doc.scrollTop - doc.clientHeight < 160;
+  }
+
+  var follow = true;
+  document.addEventListener("htmx:wsBeforeMessage", function () { follow = nearBottom(); });
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var status = document.getElementById("composer-status");
+    if (status && status.dataset.ack === "1") {
+      delete status.dataset.ack;
+      var form = composer();
+      if (form) { form.reset(); form.elements.message.focus(); }
+    }
+    if (follow) { window.scrollTo(0, document.body.scrollHeight); }
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button.copy-code, button.copy-reply") : null;
+    if (!button || !navigator.clipboard) { return; }
+    var source = button.classList.contains("copy-code")
+      ? button.closest(".code-block").querySelector("pre")
+      : button.closest("article").querySelector(".turn-text");
+    navigator.clipboard.writeText(source ? source.innerText : "").then(function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = label; }, 1500);
+    });
+  });
+})();

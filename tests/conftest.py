@@ -1,0 +1,210 @@
+"""Fixtures: users, conversations, a scripted provider, the gateway emulator, a live daphne."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conversations.gateway import provider_override
+from conversations.gateway.fake import ScriptedProvider
+from tests.emulator import GatewayEmulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SONNET = "anthropic/claude-sonnet-4"
+HAIKU = "anthropic/claude-haiku-4.5"
+PASSWORD = "a-Long-test-password-42"
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    # Tests render pages without running collectstatic first.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password=PASSWORD)
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="mallory", password=PASSWORD)
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[ScriptedProvider]:
+    """Route both Cloudflare models to a scripted provider (no network)."""
+    provider = ScriptedProvider()
+    provider_override(SONNET, provider)
+    provider_override(HAIKU, provider)
+    yield provider
+    provider_override(SONNET, None)
+    provider_override(HAIKU, None)
+
+
+@pytest.fixture
+def conversation(user, fake_provider):
+    from conversations.services import conversation_create
+
+    return conversation_create(owner=user, model=SONNET, title="Test chat")
+
+
+@pytest.fixture
+def emulator() -> Iterator[GatewayEmulator]:
+    """The gateway emulator on a free loopback port, in its own thread."""
+    server = GatewayEmulator().start_in_thread()
+    yield server
+    server.stop_thread()
+
+
+@pytest.fixture
+def cloudflare_settings(settings, emulator):
+    """Point the in-process Cloudflare provider at the emulator."""
+    settings.CLOUDFLARE_ACCOUNT_ID = emulator.account
+    settings.CLOUDFLARE_API_TOKEN = "test-token"
+    settings.CLOUDFLARE_AI_GATEWAY = "default"
+    settings.CLOUDFLARE_AI_GATEWAY_BASE_URL = emulator.gateway_base_url
+    settings.CLOUDFLARE_API_BASE_URL = emulator.api_base_url
+    settings.CHAT_RETRY_BASE_DELAY = 0.01
+    return settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A real daphne process on its own SQLite file, with a signed-in test user."""
+
+    url: str
+    port: int
+    var_dir: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return result.stdout
+
+    def login(self, username: str = "alice") -> httpx.Client:
+        client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=10)
+        client.get("/accounts/login/")
+        response = client.post(
+            "/accounts/login/",
+            data={
+                "username": username,
+                "password": PASSWORD,
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
+        )
+        assert response.status_code == 302, response.text[:500]
+        return client
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_live_server(tmp_path: Path, extra_env: dict[str, str]) -> LiveServer:
+    port = free_port()
+    var_dir = tmp_path / "var"
+    var_dir.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "CHAT_VAR_DIR": str(var_dir),
+        "DATABASE_URL": f"sqlite:///{var_dir / 'db.sqlite3'}",
+        "DJANGO_SECRET_KEY": "live-test-secret-key-not-for-production-0123456789",
+        "PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "CHAT_CHECKPOINT_INTERVAL": "0.2",
+        **extra_env,
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    setup = (
+        "from django.contrib.auth import get_user_model; U = get_user_model(); "
+        f"U.objects.create_user(username='alice', password='{PASSWORD}'); "
+        f"U.objects.create_user(username='mallory', password='{PASSWORD}')"
+    )
+    for args in (["migrate", "--noinput"], ["collectstatic", "--noinput"], ["shell", "-c", setup]):
+        subprocess.run(
+            [sys.executable, "manage.py", *args, "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+    log_path = tmp_path / "daphne.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "chatsite.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"daphne did not start: {log_path.read_text()}")
+    return LiveServer(url, port, var_dir, env, process, log_path)
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator:
+    servers: list[LiveServer] = []
+
+    def factory(**extra_env: str) -> LiveServer:
+        server = start_live_server(tmp_path / f"s{len(servers)}", extra_env)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()

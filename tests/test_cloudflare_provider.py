@@ -1,0 +1,252 @@
+"""The Cloudflare provider over real httpx against the gateway emulator."""
+
+import asyncio
+import time
+
+import pytest
+
+from conversations.gateway import (
+    ChatRequest,
+    Event,
+    Finished,
+    ReplyError,
+    ResponseStarted,
+    TextDelta,
+    Usage,
+)
+from conversations.gateway.cloudflare import CloudflareProvider, events_from_message
+from tests.conftest import SONNET
+from tests.emulator import Behaviour, GatewayEmulator
+
+PROMPT = "Explain the concept of recursion with a simple example."
+
+
+def provider_for(emulator: GatewayEmulator, **overrides: object) -> CloudflareProvider:
+    options: dict[str, object] = {
+        "account_id": emulator.account,
+        "api_token": "test-token",
+        "gateway": "default",
+        "api_base_url": emulator.api_base_url,
+        "gateway_base_url": emulator.gateway_base_url,
+        "retry_base_delay": 0.01,
+        "retry_max_delay": 0.05,
+        **overrides,
+    }
+    return CloudflareProvider(**options)  # type: ignore[arg-type]
+
+
+def request(text: str = PROMPT, **fields: object) -> ChatRequest:
+    return ChatRequest(
+        model=SONNET, messages=[{"role": "user", "content": text}], max_tokens=1024, **fields
+    )  # type: ignore[arg-type]
+
+
+def collect(provider: CloudflareProvider, chat: ChatRequest | None = None) -> list[Event]:
+    async def run() -> list[Event]:
+        return [event async for event in provider.stream(chat or request())]
+
+    return asyncio.run(run())
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def expected_reply(emulator: GatewayEmulator, prompt: str = PROMPT) -> str:
+    from tests.emulator import reply_for
+
+    return reply_for({"messages": [{"role": "user", "content": prompt}]})
+
+
+@pytest.mark.parametrize("shape", ["anthropic", "workers", "openai"])
+@pytest.mark.parametrize("wire", [{}, {"split_bytes": 1, "crlf": True, "comments": True}])
+def test_every_stream_shape_gives_the_same_reply(emulator, shape, wire) -> None:
+    emulator.enqueue(Behaviour(shape=shape, **wire))
+    events = collect(provider_for(emulator))
+    assert text_of(events) == expected_reply(emulator)
+    assert isinstance(events[0], ResponseStarted) and events[0].log_id.startswith("log-")
+    usage = next(e for e in events if isinstance(e, Usage))
+    assert usage.output_tokens and usage.output_tokens > 10
+    assert events[-1] == Finished("end_turn")
+
+
+def test_rest_route_when_no_gateway(emulator) -> None:
+    collect(provider_for(emulator, gateway=""))
+    assert emulator.requests[-1].path == f"/client/v4/accounts/{emulator.account}/ai/run/{SONNET}"
+
+
+def test_gateway_headers(emulator) -> None:
+    emulator.gateway_token = "gw-secret"
+    chat = request(metadata={"conversation": "c-1", "turn": "7"})
+    events = collect(provider_for(emulator, gateway_token="gw-secret"), chat)
+    headers = emulator.requests[-1].headers
+    assert headers["cf-aig-authorization"] == "Bearer gw-secret"
+    assert headers["cf-aig-metadata"] == '{"conversation": "c-1", "turn": "7"}'
+    assert headers["content-type"] == "application/json"
+    assert text_of(events)
+
+
+def test_max_tokens_stop_reason_is_reported(emulator) -> None:
+    emulator.enqueue(Behaviour(stop_reason="max_tokens"))
+    assert collect(provider_for(emulator))[-1] == Finished("max_tokens")
+
+
+def test_429_is_retried_after_retry_after(emulator) -> None:
+    emulator.enqueue(Behaviour(status=429, retry_after=1), Behaviour())
+    started = time.monotonic()
+    events = collect(provider_for(emulator))
+    assert time.monotonic() - started >= 1.0
+    assert len(emulator.requests) == 2
+    assert text_of(events) == expected_reply(emulator)
+
+
+@pytest.mark.parametrize(("status", "error_format"), [(500, "cloudflare"), (529, "anthropic")])
+def test_server_errors_are_retried_then_reported(emulator, status, error_format) -> None:
+    emulator.default = Behaviour(status=status, error_format=error_format)
+    events = collect(provider_for(emulator, retry_attempts=3))
+    assert len(emulator.requests) == 3
+    assert events == [events[-1]]
+    error = events[-1]
+    assert isinstance(error, ReplyError)
+    assert error.status == status
+    assert error.message == "The model service is overloaded or failing. Please try again."
+
+
+def test_retries_stay_within_the_budget(emulator) -> None:
+    emulator.default = Behaviour(status=429, retry_after=5)
+    started = time.monotonic()
+    events = collect(provider_for(emulator, retry_budget=2))
+    assert time.monotonic() - started < 1
+    assert len(emulator.requests) == 1
+    assert isinstance(events[-1], ReplyError) and events[-1].status == 429
+
+
+def test_bad_request_is_not_retried_and_says_what_is_wrong(emulator) -> None:
+    emulator.enqueue(Behaviour(status=400))
+    events = collect(provider_for(emulator))
+    assert len(emulator.requests) == 1
+    assert isinstance(events[-1], ReplyError)
+    assert events[-1].message == "This model is not available on the configured Cloudflare account."
+
+
+def test_refused_token_never_appears_in_the_error(emulator) -> None:
+    events = collect(provider_for(emulator, api_token="wrong-secret-token"))
+    error = events[-1]
+    assert isinstance(error, ReplyError) and error.status == 401
+    assert "credentials" in error.message
+    assert "wrong-secret-token" not in repr(error)
+
+
+def test_drop_before_first_token_is_retried(emulator) -> None:
+    emulator.enqueue(Behaviour(drop_after=0), Behaviour())
+    events = collect(provider_for(emulator))
+    assert len(emulator.requests) == 2
+    assert text_of(events) == expected_reply(emulator)
+
+
+def test_drop_mid_stream_keeps_text_and_is_not_retried(emulator) -> None:
+    emulator.enqueue(Behaviour(drop_after=3))
+    events = collect(provider_for(emulator))
+    assert len(emulator.requests) == 1
+    assert expected_reply(emulator).startswith(text_of(events)) and text_of(events)
+    assert isinstance(events[-1], ReplyError) and events[-1].kind == "dropped"
+
+
+def test_error_event_mid_stream(emulator) -> None:
+    emulator.enqueue(Behaviour(error_event_after=2))
+    events = collect(provider_for(emulator))
+    assert len([e for e in events if isinstance(e, TextDelta)]) == 2
+    assert isinstance(events[-1], ReplyError) and events[-1].code == "overloaded_error"
+
+
+@pytest.mark.parametrize("shape", ["anthropic", "workers", "openai"])
+def test_stream_without_terminator_is_an_error(emulator, shape) -> None:
+    emulator.enqueue(Behaviour(shape=shape, unterminated=True))
+    events = collect(provider_for(emulator))
+    assert text_of(events) == expected_reply(emulator)
+    assert isinstance(events[-1], ReplyError) and events[-1].kind == "unterminated"
+
+
+def test_stall_between_tokens_ends_in_error(emulator) -> None:
+    emulator.enqueue(Behaviour(stall_after=2))
+    started = time.monotonic()
+    events = collect(provider_for(emulator, idle_timeout=0.3))
+    assert time.monotonic() - started < 2
+    assert len([e for e in events if isinstance(e, TextDelta)]) == 2
+    assert isinstance(events[-1], ReplyError) and events[-1].kind == "stall"
+
+
+def test_no_first_token_in_time_ends_in_error(emulator) -> None:
+    emulator.enqueue(Behaviour(first_token_delay=5))
+    started = time.monotonic()
+    events = collect(provider_for(emulator, first_token_timeout=0.3))
+    assert time.monotonic() - started < 2
+    assert isinstance(events[-1], ReplyError) and events[-1].kind == "first_token_timeout"
+    assert not text_of(events)
+
+
+def test_unreachable_upstream_is_a_connection_error() -> None:
+    provider = CloudflareProvider(
+        account_id="a",
+        api_token="t",
+        gateway_base_url="http://127.0.0.1:9/v1",
+        retry_attempts=2,
+        retry_base_delay=0.01,
+    )
+    events = collect(provider)
+    assert isinstance(events[-1], ReplyError) and events[-1].kind == "connection"
+    assert events[-1].message == "Could not reach the model service."
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "result": {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there"}],
+                "stop_reason": "end_turn",
+                "usage": {"input_tokens": 5, "output_tokens": 2},
+            },
+            "success": True,
+            "errors": [],
+            "messages": [],
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Hi there"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 5, "output_tokens": 2},
+        },
+        {
+            "result": {
+                "response": "Hi there",
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+            },
+            "success": True,
+            "errors": [],
+            "messages": [],
+        },
+    ],
+    ids=["enveloped-anthropic", "bare-anthropic", "workers-ai"],
+)
+def test_non_streamed_shapes(payload) -> None:
+    assert events_from_message(payload) == [
+        TextDelta("Hi there"),
+        Usage(5, 2),
+        Finished("end_turn"),
+    ]
+
+
+def test_non_streamed_reply_over_the_wire(emulator, monkeypatch) -> None:
+    from conversations.gateway import cloudflare
+
+    original = cloudflare.request_body
+    monkeypatch.setattr(
+        cloudflare, "request_body", lambda r, stream=True: original(r, stream=False)
+    )
+    events = collect(provider_for(emulator, gateway=""))
+    assert text_of(events) == expected_reply(emulator)
+    assert events[-1] == Finished("end_turn")
