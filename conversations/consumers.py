@@ -101,14 +101,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=error_fragment(" ".join(exc.messages)))
             return
         turns_html = render_to_string(
-            "conversations/partials/turns_append.html", {"turns": [user_turn, reply]}
+            "conversations/partials/turns_append.html",
+            {"turns": [user_turn, reply], "conversation": self.conversation},
         )
         await self.channel_layer.group_send(
             self.group,
             {
                 "type": "turn.created",
                 "html": turns_html + render_reply_controls(active_turn=reply),
-                "title": self.conversation.display_title,
             },
         )
         await self.send(text_data=ack_fragment())

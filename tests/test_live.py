@@ -9,7 +9,8 @@ import pytest
 import websockets
 
 from tests.conftest import SONNET
-from tests.emulator import Behaviour
+from tests.emulator import Behaviour, reply_for
+from tests.test_request_body import SEEDS
 
 pytestmark = pytest.mark.live
 PROMPT = "Explain the concept of recursion with a simple example."
@@ -96,3 +97,26 @@ def test_another_users_socket_is_refused(live_server_factory, emulator) -> None:
 
     with pytest.raises(websockets.exceptions.InvalidStatus):
         asyncio.run(attempt())
+
+
+def test_the_four_seed_examples_send_the_seed_bodies_and_render(live_server_factory, emulator):
+    server = live_server_factory(**emulator.env())
+    client = server.login()
+    for name, (settings_fields, history, prompt, seed_body) in SEEDS.items():
+        fields = {k: str(v) for k, v in settings_fields.items()}
+        conversation_id = create_conversation(client, model=SONNET, **fields)
+        for question, _ in history:
+            asyncio.run(chat(server, client, conversation_id, question))
+        if history:
+            # The seed's earlier assistant turn is what the model said then.
+            with sqlite3.connect(server.var_dir / "db.sqlite3") as db:
+                db.execute(
+                    "UPDATE conversations_turn SET content = ? WHERE conversation_id = ? "
+                    "AND role = 'assistant'",
+                    (history[0][1], conversation_id.replace("-", "")),
+                )
+        frames = asyncio.run(chat(server, client, conversation_id, prompt))
+        assert emulator.requests[-1].body == {**seed_body, "stream": True}, name
+        assert 'data-state="complete"' in frames[-1], name
+        stored = stored_turns(server, conversation_id)[-1][2]
+        assert stored == reply_for({"messages": [{"role": "user", "content": prompt}]}), name

@@ -1,0 +1,132 @@
+"""The chat in a real browser: Debian's chromium driven by Playwright, a real daphne."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.emulator import Behaviour
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SYSTEM = "You are a helpful coding assistant specializing in Python."
+QUESTION = "How do I read a JSON file in Python?"
+HOSTILE = (
+    'Look: <script>window.pwned = 1</script> and <img src=x onerror="window.pwned = 2"> '
+    "and [a link](javascript:window.pwned=3) and [a good one](https://example.com)."
+)
+
+
+@pytest.fixture
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, live_server_factory, emulator):
+    emulator.default = Behaviour(first_token_delay=0.05, token_delay=0.01)
+    server = live_server_factory(**emulator.env())
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("a-Long-test-password-42")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(server.url + "/")
+    yield page
+    context.close()
+
+
+def start_chat(page, *, system: str = "", temperature: str = "") -> None:  # type: ignore[no-untyped-def]
+    page.get_by_label("Model").select_option("anthropic/claude-sonnet-4")
+    page.locator("#id_system_prompt").fill(system)
+    page.locator("#id_temperature").fill(temperature)
+    page.get_by_role("button", name="Start chat").click()
+    page.wait_for_url("**/conversations/*/")
+    page.wait_for_function("document.querySelector('[ws-connect]') && htmx")
+
+
+def test_send_streams_and_renders_the_reply(page, emulator) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    start_chat(page, system=SYSTEM, temperature="0.3")
+    box = page.get_by_role("textbox", name="Message")
+    box.fill(QUESTION)
+    box.press("Enter")
+
+    user_turn = page.locator('article[data-role="user"]')
+    user_turn.wait_for()
+    assert QUESTION in user_turn.inner_text()
+    assert page.locator("#conversation-title").inner_text() == QUESTION  # titled from it
+    streaming = page.locator('article[data-role="assistant"][data-state="streaming"]')
+    streaming.wait_for()
+    assert page.get_by_role("button", name="Stop").is_visible()
+    page.screenshot(path=str(ARTIFACTS / "chat-streaming-desktop.png"))
+
+    done = page.locator('article[data-role="assistant"][data-state="complete"]')
+    done.wait_for()
+    assert box.input_value() == ""  # cleared once the server acknowledged it
+    assert done.locator("h2", has_text="Basic Method").count() == 1
+    assert done.locator(".code-block pre .highlight, .code-block code.highlight").count() >= 1
+    assert done.get_by_role("button", name="Copy code").count() >= 1
+    assert page.get_by_role("button", name="Stop").count() == 0
+    assert emulator.requests[-1].body["system"] == SYSTEM
+    assert emulator.requests[-1].body["temperature"] == 0.3
+    page.screenshot(path=str(ARTIFACTS / "chat-complete-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 360, "height": 780})
+    page.screenshot(path=str(ARTIFACTS / "chat-complete-360.png"), full_page=True)
+    page.reload()
+    page.locator('article[data-role="assistant"][data-state="complete"]').wait_for()
+
+
+def test_stop_keeps_the_partial_reply(page, emulator) -> None:
+    emulator.enqueue(Behaviour(tokens=400, token_delay=0.05))
+    start_chat(page)
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("Tell me a long story")
+    box.press("Enter")
+    page.locator('article[data-role="assistant"][data-state="streaming"]').wait_for()
+    page.wait_for_function(
+        "document.querySelector('article[data-role=assistant] .turn-text').textContent.length > 20"
+    )
+    page.get_by_role("button", name="Stop").click()
+    cancelled = page.locator('article[data-role="assistant"][data-state="cancelled"]')
+    cancelled.wait_for()
+    assert "tok" in cancelled.inner_text()
+
+
+def test_hostile_model_output_is_inert_text(page, emulator) -> None:
+    emulator.enqueue(Behaviour(text=HOSTILE))
+    start_chat(page)
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("<b>bold?</b>")
+    box.press("Enter")
+    done = page.locator('article[data-role="assistant"][data-state="complete"]')
+    done.wait_for()
+    assert page.evaluate("window.pwned") is None
+    assert "<script>window.pwned = 1</script>" in done.inner_text()
+    assert done.locator("img, script").count() == 0
+    assert done.locator('a[href^="javascript"]').count() == 0
+    good = done.locator('a[href="https://example.com"]')
+    assert good.get_attribute("rel") == "noopener noreferrer nofollow"
+    assert page.locator('article[data-role="user"]').inner_text().strip().endswith("<b>bold?</b>")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-hostile-desktop.png"), full_page=True)
