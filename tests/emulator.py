@@ -916,6 +916,10 @@ class GatewayEmulator:
                     break
         except (ConnectionError, _ClientGone, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Ended by stop().  Python 3.11's StreamReaderProtocol logs an error for a
+            # cancelled connection task, so end it normally.
+            pass
         except Exception:
             logger.exception("gateway emulator: connection failed")
         finally:

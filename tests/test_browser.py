@@ -130,3 +130,27 @@ def test_hostile_model_output_is_inert_text(page, emulator) -> None:
     assert page.locator('article[data-role="user"]').inner_text().strip().endswith("<b>bold?</b>")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-hostile-desktop.png"), full_page=True)
+
+
+@pytest.mark.local_model
+def test_zero_setup_chat_with_the_bundled_model(browser, live_server_factory) -> None:
+    server = live_server_factory()  # no Cloudflare variables: the bundled model is the default
+    page = browser.new_page(base_url=server.url)
+    page.set_default_timeout(30_000)
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("a-Long-test-password-42")
+    page.get_by_role("button", name="Sign in").click()
+    assert "(not configured)" in page.get_by_label("Model").inner_text()
+    page.get_by_role("button", name="Start chat").click()
+    page.wait_for_url("**/conversations/*/")
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("What is the capital of France?")
+    box.press("Enter")
+    done = page.locator('article[data-role="assistant"][data-state="complete"]')
+    done.wait_for()
+    assert "SmolLM2" in done.inner_text()
+    assert len(done.locator(".turn-text").inner_text().strip()) > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-local-model-desktop.png"), full_page=True)
+    page.close()
