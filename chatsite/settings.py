@@ -229,6 +229,14 @@ CHAT_RETRY_MAX_DELAY = env_float("CHAT_RETRY_MAX_DELAY", 8.0)
 # Streaming: how often text is written to the database and flushed to sockets.
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 0.5)
 CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.03)
+# A running reply writes a heartbeat this often; one silent for CHAT_STALE_AFTER
+# seconds belongs to a dead process and is marked interrupted by the sweep.
+CHAT_HEARTBEAT_INTERVAL = env_float("CHAT_HEARTBEAT_INTERVAL", 2.0)
+CHAT_STALE_AFTER = env_float("CHAT_STALE_AFTER", 15.0)
+CHAT_SWEEP_INTERVAL = env_float("CHAT_SWEEP_INTERVAL", 5.0)
+CHAT_SHUTDOWN_GRACE = env_float("CHAT_SHUTDOWN_GRACE", 5.0)
+CHAT_SEND_RATE_LIMIT = env_int("CHAT_SEND_RATE_LIMIT", 30)
+CHAT_SEND_RATE_WINDOW = env_float("CHAT_SEND_RATE_WINDOW", 60.0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 1_000_000)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 CHAT_VISIBLE_TURNS = env_int("CHAT_VISIBLE_TURNS", 50)

@@ -11,9 +11,15 @@ from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
 from .models import Conversation, Turn
-from .replies import control_group, conversation_group, render_reply_controls, reply_launch
+from .replies import (
+    control_group,
+    conversation_group,
+    render_reply_controls,
+    render_turn,
+    reply_launch,
+)
 from .selectors import conversation_get_for, turn_active
-from .services import ReplyInProgress, message_send
+from .services import SendRefused, message_send, reply_retry, reply_stop_request
 
 
 def error_fragment(message: str) -> str:
@@ -83,6 +89,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._stop()
         elif action == "send":
             await self._send_message(frame.get("message"))
+        elif action == "retry":
+            await self._retry(frame.get("turn"))
         else:
             await self.send(text_data=error_fragment("Unknown action."))
 
@@ -94,7 +102,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             user_turn, reply = await database_sync_to_async(message_send)(
                 conversation=self.conversation, text=text
             )
-        except ReplyInProgress as exc:
+        except SendRefused as exc:
             await self.send(text_data=error_fragment(exc.message))
             return
         except ValidationError as exc:
@@ -114,8 +122,36 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=ack_fragment())
         await reply_launch(turn=reply)
 
+    async def _retry(self, turn_id: Any) -> None:
+        try:
+            reply = await database_sync_to_async(reply_retry)(
+                conversation=self.conversation, turn_id=int(turn_id)
+            )
+        except (TypeError, ValueError):
+            await self.send(text_data=error_fragment("That message could not be read."))
+            return
+        except SendRefused as exc:
+            await self.send(text_data=error_fragment(exc.message))
+            return
+        except ValidationError as exc:
+            await self.send(text_data=error_fragment(" ".join(exc.messages)))
+            return
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "turn.created",
+                "html": render_turn(reply, oob=True) + render_reply_controls(active_turn=reply),
+            },
+        )
+        await self.send(text_data=error_fragment(""))
+        await reply_launch(turn=reply)
+
     async def _stop(self) -> None:
-        active = await database_sync_to_async(turn_active)(conversation_id=self.conversation.pk)
+        # Both paths, so Stop works whichever process runs the reply: the channel
+        # layer reaches the runner at once, the database flag at its next heartbeat.
+        active = await database_sync_to_async(reply_stop_request)(
+            conversation_id=self.conversation.pk
+        )
         if active is not None:
             await self.channel_layer.group_send(
                 control_group(self.conversation.pk), {"type": "reply.stop"}

@@ -128,6 +128,8 @@ class Turn(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Written with every checkpoint: a stale heartbeat means the process died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Set by Stop from any process; the runner sees it at its next heartbeat.
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["conversation", "position"]

@@ -21,7 +21,14 @@ from django.template.loader import render_to_string
 from .gateway import Provider, ReplyError, ResponseStarted, TextDelta, Usage, provider_for
 from .gateway.events import Finished
 from .models import Turn
-from .services import ReplyOutcome, reply_finish, reply_request, reply_start, turn_checkpoint
+from .services import (
+    INTERRUPTED_MESSAGE,
+    ReplyOutcome,
+    reply_finish,
+    reply_request,
+    reply_start,
+    turn_checkpoint,
+)
 
 logger = logging.getLogger("conversations.replies")
 
@@ -63,13 +70,14 @@ class ReplyRunner:
         self.usage = Usage()
         self.stop_reason = ""
         self.stop_requested = False
+        self.interrupting = False
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._last_checkpoint = 0.0
         self._checkpoint: asyncio.Task[bool] | None = None
-        self._superseded = False
+        self._saved_length = 0
         self._control = ""
         self._flush_lock = asyncio.Lock()
 
@@ -95,27 +103,36 @@ class ReplyRunner:
         return self.task
 
     async def run(self) -> None:
-        listener = self._loop.create_task(self._listen(self._control))
+        helpers = [
+            self._loop.create_task(self._listen(self._control)),
+            self._loop.create_task(self._heartbeat()),
+        ]
         try:
             outcome = await self._stream()
         except asyncio.CancelledError:
-            if not self.stop_requested:
+            if not (self.stop_requested or self.interrupting):
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            outcome = self._outcome(Turn.State.CANCELLED, stop_reason="cancelled")
+            if self.interrupting:
+                outcome = self._outcome(Turn.State.INTERRUPTED, error=INTERRUPTED_MESSAGE)
+            else:
+                outcome = self._outcome(Turn.State.CANCELLED, stop_reason="cancelled")
         except Exception:
             logger.exception("reply_failed turn=%s", self.turn_id)
             outcome = self._outcome(Turn.State.ERROR, error="Something went wrong on the server.")
         finally:
-            listener.cancel()
+            for helper in helpers:
+                helper.cancel()
             self._cancel_flush_timer()
+        try:
+            await self._finish(outcome)
+        finally:
             await self.layer.group_discard(control_group(self.conversation_id), self._control)
-        await self._finish(outcome)
 
     async def _stream(self) -> ReplyOutcome:
         if not await database_sync_to_async(reply_start)(turn_id=self.turn_id):
-            self._superseded = True
             return self._outcome(Turn.State.CANCELLED)
+        self._last_checkpoint = self._loop.time()
         await self._broadcast_state()
         request = await database_sync_to_async(reply_request)(turn=self.turn)
         async with aclosing(self.provider.stream(request)) as events:
@@ -140,15 +157,27 @@ class ReplyRunner:
                         self.log_id,
                     )
                     return self._outcome(Turn.State.ERROR, error=event.message)
-                if self._superseded:
-                    return self._outcome(Turn.State.CANCELLED)
         return self._outcome(Turn.State.ERROR, error="The reply ended before it was complete.")
 
     def stop(self) -> None:
         """Stop the reply; the text so far is kept and the reply ends `cancelled`."""
-        if self.task is not None and not self.task.done():
+        if self._may_cancel():
             self.stop_requested = True
-            self.task.cancel()
+            self.task.cancel()  # type: ignore[union-attr]
+
+    def interrupt(self) -> None:
+        """The server is shutting down: keep the text, end the reply `interrupted`."""
+        if self._may_cancel():
+            self.interrupting = True
+            self.task.cancel()  # type: ignore[union-attr]
+
+    def _may_cancel(self) -> bool:
+        # Once: a second cancel would land in the final write and lose the reply's end.
+        return (
+            self.task is not None
+            and not self.task.done()
+            and not (self.stop_requested or self.interrupting)
+        )
 
     def _outcome(self, state: str, *, error: str = "", stop_reason: str = "") -> ReplyOutcome:
         return ReplyOutcome(
@@ -169,15 +198,7 @@ class ReplyRunner:
         if turn is None:
             # Someone else ended it (another process, or a sweep): show what is stored.
             turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
-        html = await database_sync_to_async(self._final_fragments)(turn)
-        await self.layer.group_send(
-            self.group,
-            {"type": "reply.finished", "turn_id": self.turn_id, "html": html},
-        )
-
-    @staticmethod
-    def _final_fragments(turn: Turn) -> str:
-        return render_turn(turn, oob=True) + render_reply_controls(active_turn=None)
+        await reply_broadcast_final(turn)
 
     async def _broadcast_state(self) -> None:
         self.turn.state = Turn.State.STREAMING
@@ -197,20 +218,36 @@ class ReplyRunner:
         elif self._flush_timer is None:
             delay = self._last_flush + settings.CHAT_FLUSH_INTERVAL - now
             self._flush_timer = self._loop.call_later(delay, self._flush_soon)
-        if now - self._last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL and (
-            self._checkpoint is None or self._checkpoint.done()
-        ):
-            self._last_checkpoint = now
-            self._checkpoint = self._loop.create_task(self._save_checkpoint(self.text))
+        if now - self._last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL:
+            self._start_checkpoint()
 
-    async def _save_checkpoint(self, content: str) -> bool:
+    def _start_checkpoint(self) -> None:
+        """At most one checkpoint write in flight; the text goes only when it grew."""
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        self._last_checkpoint = self._loop.time()
+        content = None
+        if self.length != self._saved_length:
+            content, self._saved_length = self.text, self.length
+        self._checkpoint = self._loop.create_task(self._save_checkpoint(content))
+
+    async def _save_checkpoint(self, content: str | None) -> bool:
         saved: bool = await database_sync_to_async(turn_checkpoint)(
             turn_id=self.turn_id, content=content
         )
         if not saved:
-            # The reply was ended elsewhere (stopped from another process, or swept).
-            self._superseded = True
+            # Stop was pressed in a page of another process, or the reply was ended
+            # elsewhere: either way this runner stops, keeping its text.
+            self.stop()
         return saved
+
+    async def _heartbeat(self) -> None:
+        """Checkpoints even while no text arrives, so a live reply never looks stale."""
+        interval = settings.CHAT_HEARTBEAT_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            if self._loop.time() - self._last_checkpoint >= interval:
+                self._start_checkpoint()
 
     def _cancel_flush_timer(self) -> None:
         if self._flush_timer is not None:
@@ -251,6 +288,19 @@ class ReplyRunner:
                     message["reply_channel"],
                     {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text},
                 )
+
+
+async def reply_broadcast_final(turn: Turn) -> None:
+    """Show every open page of the conversation the reply's final state."""
+    html = render_turn(turn, oob=True) + render_reply_controls(active_turn=None)
+    await get_channel_layer().group_send(
+        conversation_group(turn.conversation_id),
+        {"type": "reply.finished", "turn_id": turn.pk, "html": html},
+    )
+
+
+def replies_running() -> list[ReplyRunner]:
+    return list(_running.values())
 
 
 async def reply_launch(*, turn: Turn, provider: Provider | None = None) -> ReplyRunner:

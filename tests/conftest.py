@@ -87,30 +87,54 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """A real daphne process on its own SQLite file, with a signed-in test user."""
+    """A real daphne process on its own SQLite file, with two test users."""
 
-    url: str
     port: int
     var_dir: Path
     env: dict[str, str]
-    process: subprocess.Popen[bytes]
     log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return result.stdout
+    def start(self) -> "LiveServer":
+        """Start daphne (again, on the same database) and wait until it is healthy."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "chatsite.asgi:application"],
+            cwd=ROOT, env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"daphne did not start: {self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
     def login(self, username: str = "alice") -> httpx.Client:
         client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=10)
@@ -153,43 +177,9 @@ def start_live_server(tmp_path: Path, extra_env: dict[str, str]) -> LiveServer:
     for args in (["migrate", "--noinput"], ["collectstatic", "--noinput"], ["shell", "-c", setup]):
         subprocess.run(
             [sys.executable, "manage.py", *args, "-v", "0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
-    log_path = tmp_path / "daphne.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "chatsite.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"daphne exited: {log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        raise RuntimeError(f"daphne did not start: {log_path.read_text()}")
-    return LiveServer(url, port, var_dir, env, process, log_path)
+            cwd=ROOT, env=env, check=True, timeout=120, capture_output=True,
+        )  # fmt: skip
+    return LiveServer(port, var_dir, env, tmp_path / "daphne.log").start()
 
 
 @pytest.fixture
@@ -203,8 +193,4 @@ def live_server_factory(tmp_path: Path) -> Iterator:
 
     yield factory
     for server in servers:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
+        server.stop()

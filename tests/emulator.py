@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 from urllib.parse import unquote
 
 __all__ = [
@@ -229,7 +229,8 @@ SEED_REPLIES: Final[dict[str, str]] = {
         "\n"
         "## Simple Example: Calculating Factorial\n"
         "\n"
-        "Let's calculate the factorial of a number (n! = n × (n-1) × (n-2) × ... × 1):\n"  # noqa: RUF001
+        "Let's calculate the factorial of a number (n! = n \u00d7 (n-1) \u00d7 (n-2) "
+        "\u00d7 ... \u00d7 1):\n"
         "\n"
         "```python\n"
         "def factorial(n):\n"
@@ -279,6 +280,8 @@ GATEWAY_PATH: Final = re.compile(
 )
 REST_PATH: Final = re.compile(r"^/client/v4/accounts/(?P<account>[^/]+)/ai/run/(?P<model>[^?#]+)$")
 
+# The API token the emulator expects by default.
+TEST_CREDENTIAL: Final = "test-token"
 MAX_OUTPUT_TOKENS: Final = 64_000
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 
@@ -706,7 +709,7 @@ class GatewayEmulator:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        api_token: str | None = "test-token",  # noqa: S107
+        api_token: str | None = TEST_CREDENTIAL,
         gateway_token: str | None = None,
         account: str | None = "acct-test",
         strict: bool = True,
@@ -748,7 +751,7 @@ class GatewayEmulator:
         """Environment for a product process using this emulator (``gateway=""``: REST)."""
         env = {
             "CLOUDFLARE_ACCOUNT_ID": self.account or "acct-test",
-            "CLOUDFLARE_API_TOKEN": self.api_token or "test-token",
+            "CLOUDFLARE_API_TOKEN": self.api_token or TEST_CREDENTIAL,
             "CLOUDFLARE_AI_GATEWAY": gateway,
             "CLOUDFLARE_API_BASE_URL": self.api_base_url,
             "CLOUDFLARE_AI_GATEWAY_BASE_URL": self.gateway_base_url,
@@ -830,24 +833,14 @@ class GatewayEmulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)
 
-    def start_in_thread(self) -> GatewayEmulator:
+    def start_in_thread(self) -> Self:
         """Run the emulator in its own event loop in a daemon thread; returns when listening."""
         if self._thread is not None:
             raise RuntimeError("the emulator is already running in a thread")
         loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
 
         def run() -> None:
             asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.start())
-            except BaseException as exc:
-                errors.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
             try:
                 loop.run_forever()
             finally:
@@ -856,12 +849,12 @@ class GatewayEmulator:
 
         thread = threading.Thread(target=run, name="gateway-emulator", daemon=True)
         thread.start()
-        ready.wait(timeout=10)
-        if errors:
-            thread.join(timeout=1)
-            raise errors[0]
-        if not ready.is_set():
-            raise RuntimeError("the emulator did not start in time")
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=10)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            raise
         self._thread, self._thread_loop = thread, loop
         return self
 
@@ -879,13 +872,13 @@ class GatewayEmulator:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
 
-    def __enter__(self) -> GatewayEmulator:
+    def __enter__(self) -> Self:
         return self.start_in_thread()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_thread()
 
-    async def __aenter__(self) -> GatewayEmulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -56,7 +56,8 @@ def chat(prompt: str, *, stream: bool = True) -> dict[str, Any]:
 def parse_sse(raw: bytes) -> list[tuple[str, str]]:
     """(event, data) pairs, by the SSE rules (any line ending, comments, multi-line data)."""
     events: list[tuple[str, str]] = []
-    name, data = "", []
+    name = ""
+    data: list[str] = []
     for line in re.split(r"\r\n|\r|\n", raw.decode("utf-8")):
         if not line:
             if data:
@@ -121,7 +122,8 @@ def test_anthropic_stream_on_gateway(emulator: GatewayEmulator, client: httpx.Cl
     assert recorded.headers["authorization"] == "Bearer test-token"
     assert recorded.body == body
     assert recorded.log_id == response.headers["cf-aig-log-id"]
-    assert recorded.outcome == "complete"
+    # The client can hold the whole body a moment before the server records it.
+    assert emulator.wait_for(lambda: recorded.outcome == "complete", 2.0)
 
 
 @pytest.mark.parametrize("shape", ["workers", "openai"])
@@ -219,7 +221,7 @@ def test_error_statuses(emulator: GatewayEmulator, client: httpx.Client) -> None
 
 def test_drop_after(emulator: GatewayEmulator, client: httpx.Client) -> None:
     emulator.enqueue(Behaviour(drop_after=3))
-    received = []
+    received: list[bytes] = []
     with (
         pytest.raises(httpx.RemoteProtocolError),
         client.stream("POST", gateway_url(emulator), json=chat(RECURSION), headers=TOKEN) as r,
@@ -228,7 +230,7 @@ def test_drop_after(emulator: GatewayEmulator, client: httpx.Client) -> None:
     assert text_of(parse_sse(b"".join(received))) == "".join(
         split_tokens(SEED_REPLIES[RECURSION])[:3]
     )
-    assert emulator.requests[0].outcome == "dropped"
+    assert emulator.wait_for(lambda: emulator.requests[0].outcome == "dropped", 2.0)
 
 
 def test_error_event_and_unterminated(emulator: GatewayEmulator, client: httpx.Client) -> None:

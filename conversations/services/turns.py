@@ -1,12 +1,13 @@
 """Turns: storing a message, and the one place that moves a reply between states."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from ..gateway import ChatRequest, model_available
@@ -16,10 +17,45 @@ from ..selectors import reply_history
 TITLE_LENGTH = 60
 
 
-class ReplyInProgress(Exception):
+class SendRefused(Exception):
+    """A send that is refused as a whole; `message` is shown to the user."""
+
+    message = "That could not be sent."
+
+
+class ReplyInProgress(SendRefused):
     """A reply is still being written in this conversation."""
 
     message = "A reply is still being written. Wait for it, or press Stop."
+
+
+class SendRateLimited(SendRefused):
+    message = "You are sending messages too quickly. Please wait a moment."
+
+
+class NotRetryable(SendRefused):
+    message = "Only the last reply can be retried, once it has ended."
+
+
+def _check_send_rate(owner_id: int) -> None:
+    window = timezone.now() - timedelta(seconds=settings.CHAT_SEND_RATE_WINDOW)
+    recent = Turn.objects.filter(
+        conversation__owner_id=owner_id, role=Turn.Role.USER, created_at__gte=window
+    ).count()
+    if recent >= settings.CHAT_SEND_RATE_LIMIT:
+        raise SendRateLimited
+
+
+def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
+    """The settings a reply is made with, as stored on the reply."""
+    return {
+        "model": conversation.model,
+        "system_prompt": conversation.system_prompt,
+        "temperature": conversation.temperature,
+        "top_p": None if conversation.temperature is not None else conversation.top_p,
+        "top_k": conversation.top_k,
+        "max_tokens": conversation.max_tokens,
+    }
 
 
 def _title_from(text: str) -> str:
@@ -44,6 +80,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
         )
     if not model_available(conversation.model):
         raise ValidationError({"model": "This conversation's model is not configured here."})
+    _check_send_rate(conversation.owner_id)
     try:
         with transaction.atomic():
             # Lock the conversation row (PostgreSQL); SQLite's IMMEDIATE mode locks the file.
@@ -63,12 +100,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
                 state=Turn.State.PENDING,
-                model=locked.model,
-                system_prompt=locked.system_prompt,
-                temperature=locked.temperature,
-                top_p=None if locked.temperature is not None else locked.top_p,
-                top_k=locked.top_k,
-                max_tokens=locked.max_tokens,
+                **_settings_snapshot(locked),
             )
             update = ["updated_at"]
             if not locked.title:
@@ -107,13 +139,95 @@ def reply_start(*, turn_id: int) -> bool:
     )
 
 
-def turn_checkpoint(*, turn_id: int, content: str) -> bool:
-    """Save the text so far with a heartbeat. False when the reply is no longer streaming."""
+def turn_checkpoint(*, turn_id: int, content: str | None) -> bool:
+    """Save the text so far (None: only the heartbeat).
+
+    False when the reply should stop: it was ended elsewhere, or Stop was pressed
+    in a page served by another process.
+    """
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if content is not None:
+        fields["content"] = content
     return bool(
-        Turn.objects.filter(pk=turn_id, state=Turn.State.STREAMING).update(
-            content=content, heartbeat_at=timezone.now()
-        )
+        Turn.objects.filter(
+            pk=turn_id, state=Turn.State.STREAMING, stop_requested_at__isnull=True
+        ).update(**fields)
     )
+
+
+def reply_stop_request(*, conversation_id: Any) -> Turn | None:
+    """Mark the conversation's active reply as asked to stop; returns it, if any."""
+    turn = Turn.objects.filter(
+        conversation_id=conversation_id, state__in=Turn.ACTIVE_STATES
+    ).first()
+    if turn is None:
+        return None
+    Turn.objects.filter(pk=turn.pk, stop_requested_at__isnull=True).update(
+        stop_requested_at=timezone.now()
+    )
+    return turn
+
+
+def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
+    """Write the last reply again, with the conversation's current settings.
+
+    Only the last turn, an assistant reply that ended without completing.
+    """
+    if not model_available(conversation.model):
+        raise ValidationError({"model": "This conversation's model is not configured here."})
+    _check_send_rate(conversation.owner_id)
+    retryable = (Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
+    try:
+        with transaction.atomic():
+            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            last = locked.turns.order_by("-position").first()
+            if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
+                raise NotRetryable
+            if last.state not in retryable:
+                raise NotRetryable
+            now = timezone.now()
+            updated = Turn.objects.filter(pk=turn_id, state__in=retryable).update(
+                state=Turn.State.PENDING,
+                content="",
+                error_message="",
+                stop_reason="",
+                input_tokens=None,
+                output_tokens=None,
+                gateway_log_id="",
+                started_at=None,
+                finished_at=None,
+                heartbeat_at=None,
+                stop_requested_at=None,
+                created_at=now,
+                **_settings_snapshot(locked),
+            )
+            if not updated:
+                raise NotRetryable
+            locked.save(update_fields=["updated_at"])
+    except IntegrityError as exc:
+        raise ReplyInProgress from exc
+    return Turn.objects.get(pk=turn_id)
+
+
+INTERRUPTED_MESSAGE = "The server stopped while writing this reply."
+
+
+def reply_sweep_stale(*, stale_after: float) -> list[Turn]:
+    """Mark replies whose process died (stale heartbeat) `interrupted`, keeping their text."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    swept = []
+    for turn_id in Turn.objects.filter(stale, state__in=Turn.ACTIVE_STATES).values_list(
+        "pk", flat=True
+    ):
+        now = timezone.now()
+        if Turn.objects.filter(stale, pk=turn_id, state__in=Turn.ACTIVE_STATES).update(
+            state=Turn.State.INTERRUPTED,
+            error_message=INTERRUPTED_MESSAGE,
+            finished_at=now,
+        ):
+            swept.append(Turn.objects.get(pk=turn_id))
+    return swept
 
 
 @dataclass(frozen=True)
