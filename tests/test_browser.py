@@ -154,3 +154,45 @@ def test_zero_setup_chat_with_the_bundled_model(browser, live_server_factory) ->
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-local-model-desktop.png"), full_page=True)
     page.close()
+
+
+def streamed_is_consecutive(text: str) -> bool:
+    words = text.split()
+    return bool(words) and words == [f"tok{i}" for i in range(len(words))]
+
+
+def test_reload_mid_reply_shows_partial_text_and_continues(page, emulator) -> None:
+    emulator.enqueue(Behaviour(tokens=150, token_delay=0.03))
+    start_chat(page)
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("count for me")
+    box.press("Enter")
+    text = page.locator('article[data-role="assistant"] .turn-text')
+    page.wait_for_function(
+        "(document.querySelector('article[data-role=assistant] .turn-text')"
+        "?.textContent || '').split(' ').length > 20"
+    )
+    page.reload()
+    streaming = page.locator('article[data-role="assistant"][data-state="streaming"]')
+    streaming.wait_for()
+    assert text.inner_text().startswith("tok0 tok1")  # the text so far, from the server
+    page.wait_for_timeout(800)
+    shown = text.inner_text()
+    assert streamed_is_consecutive(shown), shown  # caught up: no gap, no double
+    assert len(shown.split()) > 40
+    page.locator('article[data-role="assistant"][data-state="complete"]').wait_for()
+    assert len(text.inner_text().split()) == 150
+
+
+def test_double_click_on_send_creates_one_turn(page, emulator) -> None:
+    emulator.enqueue(Behaviour(tokens=30, token_delay=0.02))
+    start_chat(page)
+    page.get_by_role("textbox", name="Message").fill("only once, please")
+    page.get_by_role("button", name="Send").dblclick()
+    page.locator('article[data-role="assistant"][data-state="complete"]').wait_for()
+    page.wait_for_timeout(300)
+    assert page.locator('article[data-role="user"]').count() == 1
+    assert page.locator('article[data-role="assistant"]').count() == 1
+    page.reload()
+    assert page.locator('article[data-role="user"]').count() == 1
+    assert len(emulator.requests) == 1
