@@ -19,7 +19,7 @@ from .replies import (
     reply_launch,
 )
 from .selectors import conversation_get_for, turn_active
-from .services import SendRefused, message_send, reply_retry, reply_stop_request
+from .services import SendRefused, message_edit, message_send, reply_retry, reply_stop_request
 
 
 def error_fragment(message: str) -> str:
@@ -37,6 +37,10 @@ def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
         f'<div id="turn-{turn_id}-text" class="turn-text streaming" hx-swap-oob="{swap}">'
         f"{html.escape(text, quote=False)}</div>"
     )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int | str) and str(value).isdigit() and len(str(value)) < 19
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -91,60 +95,73 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._send_message(frame.get("message"))
         elif action == "retry":
             await self._retry(frame.get("turn"))
+        elif action == "edit":
+            await self._edit(frame.get("turn"), frame.get("message"))
         else:
             await self.send(text_data=error_fragment("Unknown action."))
+
+    async def _call(self, service: Any, **kwargs: Any) -> Any:
+        """Run a service; a refusal becomes an error fragment for this socket only."""
+        try:
+            return await database_sync_to_async(service)(**kwargs)
+        except SendRefused as exc:
+            await self.send(text_data=error_fragment(exc.message))
+        except ValidationError as exc:
+            await self.send(text_data=error_fragment(" ".join(exc.messages)))
+        return None
+
+    async def _broadcast_start(self, html: str, reply: Turn) -> None:
+        """Show every open page the new turns, acknowledge this one, start the reply."""
+        await self.channel_layer.group_send(
+            self.group,
+            {"type": "turn.created", "html": html + render_reply_controls(active_turn=reply)},
+        )
+        await self.send(text_data=ack_fragment())
+        await reply_launch(turn=reply)
 
     async def _send_message(self, text: Any) -> None:
         if not isinstance(text, str):
             await self.send(text_data=error_fragment("Type a message first."))
             return
-        try:
-            user_turn, reply = await database_sync_to_async(message_send)(
-                conversation=self.conversation, text=text
-            )
-        except SendRefused as exc:
-            await self.send(text_data=error_fragment(exc.message))
+        sent = await self._call(message_send, conversation=self.conversation, text=text)
+        if sent is None:
             return
-        except ValidationError as exc:
-            await self.send(text_data=error_fragment(" ".join(exc.messages)))
-            return
-        turns_html = render_to_string(
+        user_turn, reply = sent
+        html = render_to_string(
             "conversations/partials/turns_append.html",
             {"turns": [user_turn, reply], "conversation": self.conversation},
         )
-        await self.channel_layer.group_send(
-            self.group,
-            {
-                "type": "turn.created",
-                "html": turns_html + render_reply_controls(active_turn=reply),
-            },
-        )
-        await self.send(text_data=ack_fragment())
-        await reply_launch(turn=reply)
+        await self._broadcast_start(html, reply)
 
     async def _retry(self, turn_id: Any) -> None:
-        try:
-            reply = await database_sync_to_async(reply_retry)(
-                conversation=self.conversation, turn_id=int(turn_id)
-            )
-        except (TypeError, ValueError):
+        if not _is_id(turn_id):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
-        except SendRefused as exc:
-            await self.send(text_data=error_fragment(exc.message))
+        reply = await self._call(reply_retry, conversation=self.conversation, turn_id=int(turn_id))
+        if reply is not None:
+            await self._broadcast_start(render_turn(reply, oob=True), reply)
+
+    async def _edit(self, turn_id: Any, text: Any) -> None:
+        if not _is_id(turn_id) or not isinstance(text, str):
+            await self.send(text_data=error_fragment("That message could not be read."))
             return
-        except ValidationError as exc:
-            await self.send(text_data=error_fragment(" ".join(exc.messages)))
-            return
-        await self.channel_layer.group_send(
-            self.group,
-            {
-                "type": "turn.created",
-                "html": render_turn(reply, oob=True) + render_reply_controls(active_turn=reply),
-            },
+        edited = await self._call(
+            message_edit, conversation=self.conversation, turn_id=int(turn_id), text=text
         )
-        await self.send(text_data=error_fragment(""))
-        await reply_launch(turn=reply)
+        if edited is None:
+            return
+        removed = "".join(
+            f'<article id="turn-{pk}" hx-swap-oob="delete"></article>' for pk in edited.removed
+        )
+        html = (
+            removed
+            + render_turn(edited.user_turn, oob=True)
+            + render_to_string(
+                "conversations/partials/turns_append.html",
+                {"turns": [edited.reply], "conversation": self.conversation},
+            )
+        )
+        await self._broadcast_start(html, edited.reply)
 
     async def _stop(self) -> None:
         # Both paths, so Stop works whichever process runs the reply: the channel

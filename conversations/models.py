@@ -24,6 +24,20 @@ UNIT_INTERVAL: list[Callable[[Any], None]] = [
 ]
 
 
+def check_chat_settings(obj: Any) -> None:
+    """Rules across fields of a conversation's or a preset's settings."""
+    errors: dict[str, str] = {}
+    spec = settings.CHAT_MODELS.get(obj.model)
+    if spec is None:
+        errors["model"] = "Choose one of the offered models."
+    elif obj.max_tokens and obj.max_tokens > spec["max_output_tokens"]:
+        errors["max_tokens"] = f"{spec['label']} writes at most {spec['max_output_tokens']} tokens."
+    if obj.temperature is not None and obj.top_p is not None:
+        errors["top_p"] = "Set temperature or top_p, not both: these models refuse both."
+    if errors:
+        raise ValidationError(errors)
+
+
 class Conversation(models.Model):
     """One chat: its owner, model, system prompt and sampling settings."""
 
@@ -71,18 +85,7 @@ class Conversation(models.Model):
         return self.title or "New chat"
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
-        spec = settings.CHAT_MODELS.get(self.model)
-        if spec is None:
-            errors["model"] = "Choose one of the offered models."
-        elif self.max_tokens and self.max_tokens > spec["max_output_tokens"]:
-            errors["max_tokens"] = (
-                f"{spec['label']} writes at most {spec['max_output_tokens']} tokens."
-            )
-        if self.temperature is not None and self.top_p is not None:
-            errors["top_p"] = "Set temperature or top_p, not both: these models refuse both."
-        if errors:
-            raise ValidationError(errors)
+        check_chat_settings(self)
 
     @property
     def display_title(self) -> str:
@@ -154,3 +157,31 @@ class Turn(models.Model):
     @property
     def dom_id(self) -> str:
         return f"turn-{self.pk}"
+
+
+class Preset(models.Model):
+    """A named model + system prompt + settings that new chats can start from."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets"
+    )
+    name = models.CharField(max_length=100)
+    model = models.CharField(max_length=64)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="preset_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        check_chat_settings(self)

@@ -4,9 +4,9 @@ import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from .models import Conversation, Turn
+from .models import Conversation, Preset, Turn
 
 
 def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
@@ -14,6 +14,16 @@ def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
     if not user.is_authenticated:
         return Conversation.objects.none()
     return Conversation.objects.filter(owner=user).order_by("-updated_at")
+
+
+def conversation_search_for(*, user: Any, query: str) -> QuerySet[Conversation]:
+    """The user's conversations whose title or any message contains `query`."""
+    conversations = conversation_list_for(user=user)
+    query = query.strip()
+    if not query:
+        return conversations
+    in_text = Turn.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+    return conversations.filter(Exists(in_text) | Q(title__icontains=query))
 
 
 def conversation_get_for(*, user: Any, conversation_id: uuid.UUID | str) -> Conversation | None:
@@ -29,6 +39,26 @@ def turns_recent(*, conversation: Conversation, limit: int) -> list[Turn]:
     turns = list(conversation.turns.order_by("-position")[:limit])
     turns.reverse()
     return turns
+
+
+def turns_before(*, conversation: Conversation, position: int, limit: int) -> list[Turn]:
+    """Up to `limit` turns just before `position`, oldest first (for "load earlier")."""
+    turns = list(conversation.turns.filter(position__lt=position).order_by("-position")[:limit])
+    turns.reverse()
+    return turns
+
+
+def presets_for(*, user: Any) -> QuerySet[Preset]:
+    if not user.is_authenticated:
+        return Preset.objects.none()
+    return Preset.objects.filter(owner=user).order_by("name")
+
+
+def preset_get_for(*, user: Any, preset_id: Any) -> Preset | None:
+    try:
+        return presets_for(user=user).get(pk=int(preset_id))
+    except (Preset.DoesNotExist, TypeError, ValueError):
+        return None
 
 
 def turn_active(*, conversation_id: uuid.UUID | str) -> Turn | None:

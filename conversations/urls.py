@@ -15,4 +15,25 @@ urlpatterns = [
         views.conversation_settings,
         name="conversation-settings",
     ),
+    path(
+        "conversations/<uuid:conversation_id>/rename/",
+        views.conversation_rename_view,
+        name="conversation-rename",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/delete/",
+        views.conversation_delete_view,
+        name="conversation-delete",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/turns/",
+        views.conversation_turns_earlier,
+        name="conversation-turns",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/preset/",
+        views.preset_create,
+        name="preset-create",
+    ),
+    path("presets/<int:preset_id>/delete/", views.preset_delete_view, name="preset-delete"),
 ]

@@ -2,24 +2,42 @@
 
 import asyncio
 import uuid
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .forms import ConversationCreateForm, ConversationSettingsForm
+from .forms import ConversationCreateForm, ConversationSettingsForm, sampling_of
 from .gateway import model_available
 from .models import Conversation
-from .selectors import conversation_get_for, conversation_list_for, turn_active, turns_recent
+from .selectors import (
+    conversation_get_for,
+    conversation_search_for,
+    preset_get_for,
+    presets_for,
+    turns_before,
+    turns_recent,
+)
 from .services import conversation_create as create_conversation
-from .services import conversation_update
+from .services import (
+    conversation_delete,
+    conversation_rename,
+    conversation_update,
+    preset_create_from,
+    preset_delete,
+    preset_settings,
+)
+
+CONVERSATIONS_PER_PAGE = 25
 
 
 def _is_htmx(request: HttpRequest) -> bool:
@@ -43,26 +61,46 @@ def _get_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Conve
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
-    return _list_page(
-        request, ConversationCreateForm(initial={"model": settings.CHAT_DEFAULT_MODEL})
-    )
+    form = ConversationCreateForm(initial={"model": settings.CHAT_DEFAULT_MODEL})
+    return _list_page(request, form)
 
 
 def _list_page(
     request: HttpRequest, form: ConversationCreateForm, status: int = 200
 ) -> HttpResponse:
-    conversations = conversation_list_for(user=request.user)[:200]
-    return render(
-        request,
-        "conversations/list.html",
-        {"conversations": conversations, "form": form, "models": _models_context()},
-        status=status,
+    query = request.GET.get("q", "")[:200]
+    conversations = conversation_search_for(user=request.user, query=query)
+    page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "page_obj": page,
+        "query": query,
+        "form": form,
+        "models": _models_context(),
+        "presets": presets_for(user=request.user),
+    }
+    template = (
+        "conversations/partials/conversation_list.html"
+        if _is_htmx(request) and request.GET.get("fragment") == "list"
+        else "conversations/list.html"
     )
+    return render(request, template, context, status=status)
 
 
 @login_required
 @require_POST
 def conversation_create(request: HttpRequest) -> HttpResponse:
+    preset_id = request.POST.get("preset")
+    if preset_id:
+        preset = preset_get_for(user=request.user, preset_id=preset_id)
+        if preset is None:
+            raise Http404("No such preset.")
+        try:
+            conversation = create_conversation(owner=request.user, **preset_settings(preset))
+        except ValidationError as exc:
+            form = ConversationCreateForm(initial={"model": settings.CHAT_DEFAULT_MODEL})
+            form.add_error(None, exc)
+            return _list_page(request, form, status=400)
+        return redirect("conversation-detail", conversation_id=conversation.pk)
     form = ConversationCreateForm(request.POST)
     if form.is_valid():
         try:
@@ -78,10 +116,17 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
+    limit = settings.CHAT_VISIBLE_TURNS
+    turns = turns_recent(conversation=conversation, limit=limit + 1)
+    has_earlier = len(turns) > limit
+    turns = turns[-limit:]
+    active = next((t for t in turns if t.is_active), None)
     context = {
         "conversation": conversation,
-        "turns": turns_recent(conversation=conversation, limit=settings.CHAT_VISIBLE_TURNS),
-        "active_turn": turn_active(conversation_id=conversation.pk),
+        "turns": turns,
+        "has_earlier": has_earlier,
+        "earliest_position": turns[0].position if turns else 0,
+        "active_turn": active,
         "settings_form": _settings_form(conversation),
         "models": _models_context(),
     }
@@ -91,12 +136,60 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     return render(request, template, context)
 
 
+@login_required
+@require_GET
+def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """Older turns, for the "load earlier" button of a long conversation."""
+    conversation = _get_conversation(request, conversation_id)
+    try:
+        before = int(request.GET.get("before", ""))
+    except ValueError:
+        return HttpResponse("Give `before` as a turn position.", status=400)
+    limit = settings.CHAT_VISIBLE_TURNS
+    turns = turns_before(conversation=conversation, position=before, limit=limit + 1)
+    has_earlier = len(turns) > limit
+    turns = turns[-limit:]
+    return render(
+        request,
+        "conversations/partials/turns_earlier.html",
+        {
+            "conversation": conversation,
+            "turns": turns,
+            "has_earlier": has_earlier,
+            "earliest_position": turns[0].position if turns else before,
+        },
+    )
+
+
 def _settings_form(conversation: Conversation) -> ConversationSettingsForm:
-    return ConversationSettingsForm(
-        initial={
-            name: getattr(conversation, name)
-            for name in ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
-        }
+    initial: dict[str, Any] = {
+        name: getattr(conversation, name)
+        for name in ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
+    }
+    initial["sampling"] = sampling_of(conversation)
+    return ConversationSettingsForm(initial=initial)
+
+
+def _settings_panel(
+    request: HttpRequest,
+    conversation: Conversation,
+    form: ConversationSettingsForm,
+    *,
+    saved: str = "",
+    preset_error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    return render(
+        request,
+        "conversations/partials/settings.html",
+        {
+            "conversation": conversation,
+            "settings_form": form,
+            "saved": saved,
+            "preset_error": preset_error,
+            "models": _models_context(),
+        },
+        status=status,
     )
 
 
@@ -105,27 +198,85 @@ def _settings_form(conversation: Conversation) -> ConversationSettingsForm:
 def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
     form = ConversationSettingsForm(request.POST)
-    saved = False
     if form.is_valid():
         try:
             conversation_update(conversation=conversation, **form.cleaned_data)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
-            saved = True
-    if not _is_htmx(request) and saved:
-        return redirect("conversation-detail", conversation_id=conversation.pk)
+            if not _is_htmx(request):
+                return redirect("conversation-detail", conversation_id=conversation.pk)
+            return _settings_panel(
+                request,
+                conversation,
+                _settings_form(conversation),
+                saved="Saved: applies to the next reply.",
+            )
+    return _settings_panel(request, conversation, form, status=400)
+
+
+@login_required
+@require_POST
+def conversation_rename_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation(request, conversation_id)
+    error = ""
+    try:
+        conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    if not _is_htmx(request):
+        if error:
+            return HttpResponse(error, status=400)
+        return redirect(request.POST.get("next") or "conversation-list")
     return render(
         request,
-        "conversations/partials/settings.html",
-        {
-            "conversation": conversation,
-            "settings_form": form,
-            "saved": saved,
-            "models": _models_context(),
-        },
-        status=200 if saved or not form.errors else 400,
+        "conversations/partials/title.html",
+        {"conversation": conversation, "error": error, "link": request.POST.get("link") == "1"},
+        status=400 if error else 200,
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_delete_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """GET asks for confirmation; POST deletes."""
+    conversation = _get_conversation(request, conversation_id)
+    if request.method == "POST":
+        conversation_delete(conversation=conversation)
+        return redirect("conversation-list")
+    return render(request, "conversations/delete.html", {"conversation": conversation})
+
+
+@login_required
+@require_POST
+def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    conversation = _get_conversation(request, conversation_id)
+    try:
+        preset = preset_create_from(conversation=conversation, name=request.POST.get("name", ""))
+    except ValidationError as exc:
+        return _settings_panel(
+            request,
+            conversation,
+            _settings_form(conversation),
+            preset_error=" ".join(exc.messages),
+            status=400,
+        )
+    return _settings_panel(
+        request,
+        conversation,
+        _settings_form(conversation),
+        saved=f"Saved as preset “{preset.name}”: start new chats from it on the list page.",
+    )
+
+
+@login_required
+@require_POST
+def preset_delete_view(request: HttpRequest, preset_id: int) -> HttpResponse:
+    preset = preset_get_for(user=request.user, preset_id=preset_id)
+    if preset is None:
+        raise Http404("No such preset.")
+    preset_delete(preset=preset)
+    return redirect("conversation-list")
 
 
 def _database_ok() -> bool:

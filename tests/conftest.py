@@ -1,6 +1,7 @@
 """Fixtures: users, conversations, a scripted provider, the gateway emulator, a live daphne."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -8,13 +9,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from conversations.gateway import provider_override
 from conversations.gateway.fake import ScriptedProvider
-from tests.emulator import GatewayEmulator
+from tests.emulator import Behaviour, GatewayEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SONNET = "anthropic/claude-sonnet-4"
@@ -194,3 +196,58 @@ def live_server_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in servers:
         server.stop()
+
+
+# --- the browser -------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, live_server_factory, emulator):
+    emulator.default = Behaviour(first_token_delay=0.05, token_delay=0.01)
+    server = live_server_factory(**emulator.env())
+    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("a-Long-test-password-42")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(server.url + "/")
+    yield page
+    context.close()
+
+
+def start_chat(page, *, system: str = "", temperature: str = "") -> None:
+    """From the conversation list, start a chat with Claude Sonnet 4."""
+    if urlsplit(page.url).path != "/":
+        page.goto("/")
+    page.get_by_label("Model", exact=True).select_option("anthropic/claude-sonnet-4")
+    page.locator("#id_system_prompt").fill(system)
+    page.locator("#id_temperature").fill(temperature)
+    page.get_by_role("button", name="Start chat").click()
+    page.wait_for_url("**/conversations/*/")
+    page.wait_for_function("document.querySelector('[ws-connect]') && htmx")

@@ -1,68 +1,17 @@
 """The chat in a real browser: Debian's chromium driven by Playwright, a real daphne."""
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
+from tests.conftest import ARTIFACTS, start_chat
 from tests.emulator import Behaviour
 
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SYSTEM = "You are a helpful coding assistant specializing in Python."
 QUESTION = "How do I read a JSON file in Python?"
 HOSTILE = (
     'Look: <script>window.pwned = 1</script> and <img src=x onerror="window.pwned = 2"> '
     "and [a link](javascript:window.pwned=3) and [a good one](https://example.com)."
 )
-
-
-@pytest.fixture
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (make test installs it when run as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def page(browser, live_server_factory, emulator):
-    emulator.default = Behaviour(first_token_delay=0.05, token_delay=0.01)
-    server = live_server_factory(**emulator.env())
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("a-Long-test-password-42")
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(server.url + "/")
-    yield page
-    context.close()
-
-
-def start_chat(page, *, system: str = "", temperature: str = "") -> None:  # type: ignore[no-untyped-def]
-    page.get_by_label("Model").select_option("anthropic/claude-sonnet-4")
-    page.locator("#id_system_prompt").fill(system)
-    page.locator("#id_temperature").fill(temperature)
-    page.get_by_role("button", name="Start chat").click()
-    page.wait_for_url("**/conversations/*/")
-    page.wait_for_function("document.querySelector('[ws-connect]') && htmx")
 
 
 def test_send_streams_and_renders_the_reply(page, emulator) -> None:
@@ -127,7 +76,7 @@ def test_hostile_model_output_is_inert_text(page, emulator) -> None:
     assert done.locator('a[href^="javascript"]').count() == 0
     good = done.locator('a[href="https://example.com"]')
     assert good.get_attribute("rel") == "noopener noreferrer nofollow"
-    assert page.locator('article[data-role="user"]').inner_text().strip().endswith("<b>bold?</b>")
+    assert page.locator('article[data-role="user"] .user-text').inner_text() == "<b>bold?</b>"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-hostile-desktop.png"), full_page=True)
 

@@ -46,7 +46,7 @@ def server(emu, tmp_path_factory) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def chat(server, emu):  # type: ignore[no-untyped-def]
+def chat(server, emu):
     """A fresh conversation of alice's; returns (client, conversation id)."""
     emu.clear()
     emu.default = Behaviour()
@@ -63,13 +63,13 @@ def turns(server: LiveServer, conversation_id: str) -> list[tuple[str, str, str,
         ).fetchall()
 
 
-async def ask(server: LiveServer, client, conversation_id: str, text: str = PROMPT) -> str:  # type: ignore[no-untyped-def]
+async def ask(server: LiveServer, client, conversation_id: str, text: str = PROMPT) -> str:
     async with ChatSocket(server, client, conversation_id) as socket:
         await socket.send(message=text)
         return await socket.until_final()
 
 
-def run(coroutine):  # type: ignore[no-untyped-def]
+def run(coroutine):
     return asyncio.run(coroutine)
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.live
 PROMPT = "Explain the concept of recursion with a simple example."
 
 
-def create_conversation(client, **fields: str) -> str:  # type: ignore[no-untyped-def]
+def create_conversation(client, **fields: str) -> str:
     client.get("/")
     response = client.post(
         "/conversations/",
@@ -26,7 +26,7 @@ def create_conversation(client, **fields: str) -> str:  # type: ignore[no-untype
     return response.headers["location"].strip("/").split("/")[-1]
 
 
-async def chat(server, client, conversation_id: str, message: str) -> list[str]:  # type: ignore[no-untyped-def]
+async def chat(server, client, conversation_id: str, message: str) -> list[str]:
     cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
     frames: list[str] = []
     async with websockets.connect(
@@ -42,7 +42,7 @@ async def chat(server, client, conversation_id: str, message: str) -> list[str]:
                 return frames
 
 
-def stored_turns(server, conversation_id: str) -> list[tuple[str, str, str, str]]:  # type: ignore[no-untyped-def]
+def stored_turns(server, conversation_id: str) -> list[tuple[str, str, str, str]]:
     with sqlite3.connect(server.var_dir / "db.sqlite3") as db:
         return db.execute(
             "SELECT role, state, content, gateway_log_id FROM conversations_turn "

@@ -46,8 +46,8 @@ async def test_retry_writes_the_failed_reply_again(conversation, user, fake_prov
         (failed.pk, "complete", "whole answer"),
     ]
     assert turns[1].error_message == ""
-    # Only the last reply, and only once it has ended, can be retried.
-    await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(failed.pk)}))
+    # Only the last reply can be written again.
+    await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(turns[0].pk)}))
     assert "Only the last reply" in await communicator.receive_from(timeout=5)
     await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": "x"}))
     assert "could not be read" in await communicator.receive_from(timeout=5)
@@ -141,7 +141,7 @@ class WriteCounter:
     def __init__(self) -> None:
         self.writes: list[str] = []
 
-    def __call__(self, execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def __call__(self, execute, sql, params, many, context):
         if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
             self.writes.append(sql)
         return execute(sql, params, many, context)

@@ -1,13 +1,22 @@
 """Writes: every change to conversations and turns goes through here."""
 
-from .conversations import conversation_create, conversation_update
+from .conversations import (
+    conversation_create,
+    conversation_delete,
+    conversation_rename,
+    conversation_update,
+)
+from .presets import preset_create_from, preset_delete, preset_settings
 from .turns import (
     INTERRUPTED_MESSAGE,
+    EditResult,
+    NotEditable,
     NotRetryable,
     ReplyInProgress,
     ReplyOutcome,
     SendRateLimited,
     SendRefused,
+    message_edit,
     message_send,
     reply_finish,
     reply_request,
@@ -20,14 +29,22 @@ from .turns import (
 
 __all__ = [
     "INTERRUPTED_MESSAGE",
+    "EditResult",
+    "NotEditable",
     "NotRetryable",
     "ReplyInProgress",
     "ReplyOutcome",
     "SendRateLimited",
     "SendRefused",
     "conversation_create",
+    "conversation_delete",
+    "conversation_rename",
     "conversation_update",
+    "message_edit",
     "message_send",
+    "preset_create_from",
+    "preset_delete",
+    "preset_settings",
     "reply_finish",
     "reply_request",
     "reply_retry",

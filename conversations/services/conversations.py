@@ -46,3 +46,20 @@ def conversation_update(*, conversation: Conversation, **fields: Any) -> Convers
         setattr(conversation, name, value)
     conversation.updated_at = candidate.updated_at
     return conversation
+
+
+def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
+    """A new title; an empty one is refused."""
+    title = " ".join((title or "").split())
+    if not title:
+        raise ValidationError({"title": "A title cannot be empty."})
+    if len(title) > 200:
+        raise ValidationError({"title": "Titles are at most 200 characters."})
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete a conversation with all its turns."""
+    conversation.delete()

@@ -34,7 +34,11 @@ class SendRateLimited(SendRefused):
 
 
 class NotRetryable(SendRefused):
-    message = "Only the last reply can be retried, once it has ended."
+    message = "Only the last reply can be written again, once it has ended."
+
+
+class NotEditable(SendRefused):
+    message = "That message cannot be edited."
 
 
 def _check_send_rate(owner_id: int) -> None:
@@ -168,45 +172,94 @@ def reply_stop_request(*, conversation_id: Any) -> Turn | None:
     return turn
 
 
-def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
-    """Write the last reply again, with the conversation's current settings.
+def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...]) -> bool:
+    """Make an ended reply pending again, with the conversation's current settings."""
+    return bool(
+        Turn.objects.filter(pk=turn_id, state__in=states).update(
+            state=Turn.State.PENDING,
+            content="",
+            error_message="",
+            stop_reason="",
+            input_tokens=None,
+            output_tokens=None,
+            gateway_log_id="",
+            started_at=None,
+            finished_at=None,
+            heartbeat_at=None,
+            stop_requested_at=None,
+            created_at=timezone.now(),
+            **_settings_snapshot(locked),
+        )
+    )
 
-    Only the last turn, an assistant reply that ended without completing.
+
+def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
+    """Write the last reply again (Retry, or Regenerate), with the current settings.
+
+    Only the last turn, an assistant reply that has ended.
     """
     if not model_available(conversation.model):
         raise ValidationError({"model": "This conversation's model is not configured here."})
     _check_send_rate(conversation.owner_id)
-    retryable = (Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
+    ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
     try:
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             last = locked.turns.order_by("-position").first()
             if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
                 raise NotRetryable
-            if last.state not in retryable:
-                raise NotRetryable
-            now = timezone.now()
-            updated = Turn.objects.filter(pk=turn_id, state__in=retryable).update(
-                state=Turn.State.PENDING,
-                content="",
-                error_message="",
-                stop_reason="",
-                input_tokens=None,
-                output_tokens=None,
-                gateway_log_id="",
-                started_at=None,
-                finished_at=None,
-                heartbeat_at=None,
-                stop_requested_at=None,
-                created_at=now,
-                **_settings_snapshot(locked),
-            )
-            if not updated:
+            if not _reset_reply(locked, turn_id, ended):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise ReplyInProgress from exc
     return Turn.objects.get(pk=turn_id)
+
+
+@dataclass(frozen=True)
+class EditResult:
+    user_turn: Turn
+    reply: Turn
+    removed: list[int]
+
+
+def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> EditResult:
+    """Change one of the user's messages and resend it: every later turn is replaced."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError({"message": "Type a message first."})
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise ValidationError(
+            {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
+        )
+    if not model_available(conversation.model):
+        raise ValidationError({"model": "This conversation's model is not configured here."})
+    _check_send_rate(conversation.owner_id)
+    try:
+        with transaction.atomic():
+            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
+                raise ReplyInProgress
+            user_turn = Turn.objects.filter(
+                conversation=locked, pk=turn_id, role=Turn.Role.USER
+            ).first()
+            if user_turn is None:
+                raise NotEditable
+            later = Turn.objects.filter(conversation=locked, position__gt=user_turn.position)
+            removed = list(later.values_list("pk", flat=True))
+            later.delete()
+            user_turn.content = text
+            user_turn.save(update_fields=["content"])
+            reply = Turn.objects.create(
+                conversation=locked,
+                position=user_turn.position + 1,
+                role=Turn.Role.ASSISTANT,
+                state=Turn.State.PENDING,
+                **_settings_snapshot(locked),
+            )
+            locked.save(update_fields=["updated_at"])
+    except IntegrityError as exc:
+        raise ReplyInProgress from exc
+    return EditResult(user_turn=user_turn, reply=reply, removed=removed)
 
 
 INTERRUPTED_MESSAGE = "The server stopped while writing this reply."

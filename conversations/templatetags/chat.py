@@ -3,6 +3,7 @@ from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 
 from ..rendering import render_markdown
+from ..usage import reply_cost
 
 register = template.Library()
 
@@ -17,3 +18,14 @@ def markdown(text: str) -> SafeString:
 def model_label(model_id: str) -> str:
     spec = settings.CHAT_MODELS.get(model_id)
     return str(spec["label"]) if spec else model_id
+
+
+@register.filter
+def cost(turn: object) -> str:
+    """A reply's cost in USD, e.g. "$0.0042"."""
+    amount = reply_cost(
+        model=getattr(turn, "model", ""),
+        input_tokens=getattr(turn, "input_tokens", None),
+        output_tokens=getattr(turn, "output_tokens", None),
+    )
+    return f"${amount:.4f}"

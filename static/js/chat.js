@@ -38,6 +38,20 @@
     if (follow) { window.scrollTo(0, document.body.scrollHeight); }
   });
 
+  // Edit a message: show its form in place; sending replaces the later turns.
+  document.addEventListener("click", function (event) {
+    var edit = event.target.closest ? event.target.closest("button.edit-turn, button.edit-cancel") : null;
+    if (!edit) { return; }
+    var article = edit.closest("article");
+    var form = article.querySelector(".edit-form");
+    var toggle = article.querySelector("button.edit-turn");
+    var opening = edit.classList.contains("edit-turn") && form.hidden;
+    if (!opening) { form.reset(); }
+    form.hidden = !opening;
+    toggle.setAttribute("aria-expanded", opening ? "true" : "false");
+    (opening ? form.elements.message : toggle).focus();
+  });
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("button.copy-code, button.copy-reply") : null;
     if (!button || !navigator.clipboard) { return; }
