@@ -64,6 +64,12 @@ def test_regenerate_and_edit(page, emulator) -> None:
     ]
     shoot(page, "chat-after-edit")
 
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    copy = last_reply(page).get_by_role("button", name="Copy reply")
+    copy.click()
+    page.wait_for_function("document.querySelector('button.copy-reply').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == "Answer to the edited question."
+
 
 def test_settings_errors_are_shown_and_valid_settings_apply(page, emulator) -> None:
     start_chat(page)
