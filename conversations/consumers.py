@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
+from .budgets import budget_warnings
 from .models import Conversation, Turn
 from .replies import (
     control_group,
@@ -26,8 +27,10 @@ def error_fragment(message: str) -> str:
     return render_to_string("conversations/partials/composer_status.html", {"error": message})
 
 
-def ack_fragment() -> str:
-    return render_to_string("conversations/partials/composer_status.html", {"ack": True})
+def ack_fragment(warnings: list[str]) -> str:
+    return render_to_string(
+        "conversations/partials/composer_status.html", {"ack": True, "warnings": warnings}
+    )
 
 
 def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
@@ -116,7 +119,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.group,
             {"type": "turn.created", "html": html + render_reply_controls(active_turn=reply)},
         )
-        await self.send(text_data=ack_fragment())
+        warnings = await database_sync_to_async(budget_warnings)(user_id=self.conversation.owner_id)
+        await self.send(text_data=ack_fragment(warnings))
         await reply_launch(turn=reply)
 
     async def _send_message(self, text: Any) -> None:

@@ -38,6 +38,55 @@ def check_chat_settings(obj: Any) -> None:
         raise ValidationError(errors)
 
 
+class Team(models.Model):
+    """People who share presets, read-only conversations, a budget and a list of models."""
+
+    name = models.CharField(max_length=100, unique=True)
+    monthly_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True,
+        help_text="Empty: no team budget.",
+    )  # fmt: skip
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model ids the team may use; empty: all offered."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A person's place in their team (one team per person)."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        ADMIN = "admin", "team admin"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+
+class UserBudget(models.Model):
+    """A person's own monthly budget in USD."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="budget"
+    )
+    monthly_budget_usd = models.DecimalField(max_digits=10, decimal_places=2)
+
+    def __str__(self) -> str:
+        return f"{self.user}: ${self.monthly_budget_usd}/month"
+
+
 class Conversation(models.Model):
     """One chat: its owner, model, system prompt and sampling settings."""
 
@@ -52,6 +101,10 @@ class Conversation(models.Model):
     top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
     top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
     max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    # Set by the owner: the team can read (never write) this conversation.
+    shared_with = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="shared_conversations"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -126,6 +179,8 @@ class Turn(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     stop_reason = models.CharField(max_length=32, blank=True)
     gateway_log_id = models.CharField(max_length=100, blank=True)
+    # The most this reply can cost, held against budgets while it is written.
+    cost_reserved = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -160,10 +215,16 @@ class Turn(models.Model):
 
 
 class Preset(models.Model):
-    """A named model + system prompt + settings that new chats can start from."""
+    """A named model + system prompt + settings that new chats can start from.
+
+    A person's own, or (with `team` set) their team's, made by a team admin.
+    """
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets"
+    )
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.CASCADE, related_name="presets"
     )
     name = models.CharField(max_length=100)
     model = models.CharField(max_length=64)
@@ -185,3 +246,30 @@ class Preset(models.Model):
 
     def clean(self) -> None:
         check_chat_settings(self)
+
+
+class Spend(models.Model):
+    """What one reply cost: a ledger row that outlives edits and deleted conversations."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    turn = models.ForeignKey(
+        Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    model = models.CharField(max_length=64)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(default=False, help_text="Usage not reported: from the text.")
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="spend_user_month"),
+            models.Index(fields=["team", "created_at"], name="spend_team_month"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ${self.cost_usd} ({self.model})"

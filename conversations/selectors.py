@@ -6,7 +6,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from .models import Conversation, Preset, Turn
+from .models import Conversation, Membership, Preset, Turn
 
 
 def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
@@ -14,6 +14,33 @@ def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
     if not user.is_authenticated:
         return Conversation.objects.none()
     return Conversation.objects.filter(owner=user).order_by("-updated_at")
+
+
+def conversation_readable_for(
+    *, user: Any, conversation_id: uuid.UUID | str
+) -> Conversation | None:
+    """A conversation the user owns, or one its owner shared (read-only) with the user's team."""
+    if not user.is_authenticated:
+        return None
+    readable = Conversation.objects.filter(
+        Q(owner=user) | Q(shared_with__isnull=False, shared_with__memberships__user=user)
+    )
+    try:
+        return readable.select_related("owner").get(pk=conversation_id)
+    except (Conversation.DoesNotExist, ValueError, ValidationError):
+        return None
+
+
+def conversations_shared_with(*, user: Any) -> QuerySet[Conversation]:
+    """Conversations teammates shared with the user's team, newest first."""
+    if not user.is_authenticated:
+        return Conversation.objects.none()
+    return (
+        Conversation.objects.filter(shared_with__memberships__user=user)
+        .exclude(owner=user)
+        .select_related("owner")
+        .order_by("-updated_at")
+    )
 
 
 def conversation_search_for(*, user: Any, query: str) -> QuerySet[Conversation]:
@@ -49,9 +76,20 @@ def turns_before(*, conversation: Conversation, position: int, limit: int) -> li
 
 
 def presets_for(*, user: Any) -> QuerySet[Preset]:
+    """The user's own presets and their team's."""
     if not user.is_authenticated:
         return Preset.objects.none()
-    return Preset.objects.filter(owner=user).order_by("name")
+    return (
+        Preset.objects.filter(Q(owner=user, team__isnull=True) | Q(team__memberships__user=user))
+        .select_related("team")
+        .order_by("team", "name")
+    )
+
+
+def membership_for(*, user: Any) -> Membership | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user).select_related("team").first()
 
 
 def preset_get_for(*, user: Any, preset_id: Any) -> Preset | None:

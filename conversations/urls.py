@@ -35,5 +35,10 @@ urlpatterns = [
         views.preset_create,
         name="preset-create",
     ),
+    path(
+        "conversations/<uuid:conversation_id>/share/",
+        views.conversation_share_view,
+        name="conversation-share",
+    ),
     path("presets/<int:preset_id>/delete/", views.preset_delete_view, name="preset-delete"),
 ]

@@ -16,12 +16,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from .budgets import allowances_for, model_allowed_for
 from .forms import ConversationCreateForm, ConversationSettingsForm, sampling_of
 from .gateway import model_available
 from .models import Conversation
 from .selectors import (
     conversation_get_for,
+    conversation_readable_for,
     conversation_search_for,
+    conversations_shared_with,
+    membership_for,
     preset_get_for,
     presets_for,
     turns_before,
@@ -31,9 +35,11 @@ from .services import conversation_create as create_conversation
 from .services import (
     conversation_delete,
     conversation_rename,
+    conversation_share,
     conversation_update,
     preset_create_from,
     preset_delete,
+    preset_may_delete,
     preset_settings,
 )
 
@@ -44,11 +50,21 @@ def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _models_context() -> list[dict[str, object]]:
-    return [
-        {"id": model_id, "label": spec["label"], "available": model_available(model_id)}
-        for model_id, spec in settings.CHAT_MODELS.items()
-    ]
+def _models_context(user: Any) -> list[dict[str, object]]:
+    models = []
+    for model_id, spec in settings.CHAT_MODELS.items():
+        available = model_available(model_id)
+        allowed = model_allowed_for(user=user, model=model_id)
+        reason = (
+            ""
+            if available and allowed
+            else (" (not configured)" if not available else " (not allowed for your team)")
+        )
+        models.append(
+            {"id": model_id, "label": spec["label"], "available": available and allowed,
+             "reason": reason}
+        )  # fmt: skip
+    return models
 
 
 def _get_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Conversation:
@@ -71,12 +87,16 @@ def _list_page(
     query = request.GET.get("q", "")[:200]
     conversations = conversation_search_for(user=request.user, query=query)
     page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    membership = membership_for(user=request.user)
     context = {
         "page_obj": page,
         "query": query,
         "form": form,
-        "models": _models_context(),
+        "models": _models_context(request.user),
         "presets": presets_for(user=request.user),
+        "shared": conversations_shared_with(user=request.user)[:50],
+        "allowances": allowances_for(user_id=request.user.pk),  # type: ignore[arg-type]
+        "membership": membership,
     }
     template = (
         "conversations/partials/conversation_list.html"
@@ -115,7 +135,11 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    conversation = _get_conversation(request, conversation_id)
+    """The chat page; a teammate's shared conversation opens read-only."""
+    conversation = conversation_readable_for(user=request.user, conversation_id=conversation_id)
+    if conversation is None:
+        raise Http404("No such conversation.")
+    read_only = conversation.owner_id != request.user.pk
     limit = settings.CHAT_VISIBLE_TURNS
     turns = turns_recent(conversation=conversation, limit=limit + 1)
     has_earlier = len(turns) > limit
@@ -127,8 +151,10 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
         "has_earlier": has_earlier,
         "earliest_position": turns[0].position if turns else 0,
         "active_turn": active,
-        "settings_form": _settings_form(conversation),
-        "models": _models_context(),
+        "read_only": read_only,
+        "settings_form": None if read_only else _settings_form(conversation),
+        "models": _models_context(request.user),
+        "membership": membership_for(user=request.user),
     }
     template = (
         "conversations/partials/chat.html" if _is_htmx(request) else "conversations/page.html"
@@ -140,7 +166,9 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 @require_GET
 def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     """Older turns, for the "load earlier" button of a long conversation."""
-    conversation = _get_conversation(request, conversation_id)
+    conversation = conversation_readable_for(user=request.user, conversation_id=conversation_id)
+    if conversation is None:
+        raise Http404("No such conversation.")
     try:
         before = int(request.GET.get("before", ""))
     except ValueError:
@@ -157,6 +185,7 @@ def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID)
             "turns": turns,
             "has_earlier": has_earlier,
             "earliest_position": turns[0].position if turns else before,
+            "read_only": conversation.owner_id != request.user.pk,
         },
     )
 
@@ -187,7 +216,7 @@ def _settings_panel(
             "settings_form": form,
             "saved": saved,
             "preset_error": preset_error,
-            "models": _models_context(),
+            "models": _models_context(request.user),
         },
         status=status,
     )
@@ -252,7 +281,11 @@ def conversation_delete_view(request: HttpRequest, conversation_id: uuid.UUID) -
 def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
     try:
-        preset = preset_create_from(conversation=conversation, name=request.POST.get("name", ""))
+        preset = preset_create_from(
+            conversation=conversation,
+            name=request.POST.get("name", ""),
+            for_team=request.POST.get("for_team") == "1",
+        )
     except ValidationError as exc:
         return _settings_panel(
             request,
@@ -273,10 +306,26 @@ def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespo
 @require_POST
 def preset_delete_view(request: HttpRequest, preset_id: int) -> HttpResponse:
     preset = preset_get_for(user=request.user, preset_id=preset_id)
-    if preset is None:
+    if preset is None or not preset_may_delete(preset=preset, user=request.user):
         raise Http404("No such preset.")
     preset_delete(preset=preset)
     return redirect("conversation-list")
+
+
+@login_required
+@require_POST
+def conversation_share_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """The owner shares a conversation read-only with their team, or stops sharing it."""
+    conversation = _get_conversation(request, conversation_id)
+    try:
+        conversation_share(conversation=conversation, shared=request.POST.get("shared") == "1")
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    return render(
+        request,
+        "conversations/partials/share.html",
+        {"conversation": conversation, "membership": membership_for(user=request.user)},
+    )
 
 
 def _database_ok() -> bool:

@@ -232,6 +232,8 @@ def page(browser, live_server_factory, emulator):
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.goto("/accounts/login/")
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill("a-Long-test-password-42")
@@ -239,6 +241,8 @@ def page(browser, live_server_factory, emulator):
     page.wait_for_url(server.url + "/")
     yield page
     context.close()
+    # The pages work under the Content-Security-Policy: nothing was blocked.
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
 
 
 def start_chat(page, *, system: str = "", temperature: str = "") -> None:

@@ -155,3 +155,20 @@ def test_healthz_names_the_failing_part(client, settings) -> None:
         channel_layers.backends.clear()
     assert response.status_code == 503
     assert response.json() == {"status": "error", "database": "ok", "channel_layer": "error"}
+
+
+def test_pages_carry_a_strict_content_security_policy(signed_in, conversation) -> None:
+    response = signed_in.get(f"/conversations/{conversation.pk}/")
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert b"<script>" not in response.content and b" style=" not in response.content
+
+
+def test_repeated_failed_sign_ins_are_throttled(client, user) -> None:
+    for _ in range(5):
+        client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+    locked = client.post("/accounts/login/", {"username": "alice", "password": PASSWORD})
+    assert locked.status_code == 429
+    assert "Too many failed sign-ins" in locked.content.decode()
+    assert "_auth_user_id" not in client.session

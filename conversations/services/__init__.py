@@ -4,9 +4,10 @@ from .conversations import (
     conversation_create,
     conversation_delete,
     conversation_rename,
+    conversation_share,
     conversation_update,
 )
-from .presets import preset_create_from, preset_delete, preset_settings
+from .presets import preset_create_from, preset_delete, preset_may_delete, preset_settings
 from .turns import (
     INTERRUPTED_MESSAGE,
     EditResult,
@@ -39,11 +40,13 @@ __all__ = [
     "conversation_create",
     "conversation_delete",
     "conversation_rename",
+    "conversation_share",
     "conversation_update",
     "message_edit",
     "message_send",
     "preset_create_from",
     "preset_delete",
+    "preset_may_delete",
     "preset_settings",
     "reply_finish",
     "reply_request",

@@ -4,16 +4,19 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from ..budgets import model_allowed_for
 from ..gateway import model_available
-from ..models import Conversation
+from ..models import Conversation, Membership
 
 SETTING_FIELDS = ("title", "model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
 
 
 def _validate(conversation: Conversation) -> None:
-    conversation.full_clean(exclude=["owner"])
+    conversation.full_clean(exclude=["owner", "shared_with"])
     if not model_available(conversation.model):
         raise ValidationError({"model": "This model is not configured on this server."})
+    if not model_allowed_for(user=conversation.owner, model=conversation.model):
+        raise ValidationError({"model": "Your team may not use this model."})
 
 
 @transaction.atomic
@@ -63,3 +66,16 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with all its turns."""
     conversation.delete()
+
+
+def conversation_share(*, conversation: Conversation, shared: bool) -> Conversation:
+    """Share a conversation read-only with its owner's team, or stop sharing it."""
+    team_id = None
+    if shared:
+        membership = Membership.objects.filter(user_id=conversation.owner_id).first()
+        if membership is None:
+            raise ValidationError("You are not in a team, so there is no one to share with.")
+        team_id = membership.team_id
+    conversation.shared_with_id = team_id
+    conversation.save(update_fields=["shared_with", "updated_at"])
+    return conversation

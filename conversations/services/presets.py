@@ -3,23 +3,31 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from ..models import Conversation, Preset
+from ..models import Conversation, Membership, Preset
 
 PRESET_FIELDS = ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
 
 
 @transaction.atomic
-def preset_create_from(*, conversation: Conversation, name: str) -> Preset:
-    """Save a conversation's model, system prompt and settings under a name."""
+def preset_create_from(*, conversation: Conversation, name: str, for_team: bool = False) -> Preset:
+    """Save a conversation's model, system prompt and settings under a name; for the
+    owner's team too when they are its admin."""
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the preset a name."})
+    team_id = None
+    if for_team:
+        membership = Membership.objects.filter(user_id=conversation.owner_id).first()
+        if membership is None or membership.role != Membership.Role.ADMIN:
+            raise ValidationError({"name": "Only team admins can save team presets."})
+        team_id = membership.team_id
     preset = Preset(
         owner_id=conversation.owner_id,
+        team_id=team_id,
         name=name[:100],
         **{field: getattr(conversation, field) for field in PRESET_FIELDS},
     )
-    preset.full_clean(exclude=["owner"])
+    preset.full_clean(exclude=["owner", "team"])
     try:
         with transaction.atomic():
             preset.save()
@@ -31,6 +39,15 @@ def preset_create_from(*, conversation: Conversation, name: str) -> Preset:
 def preset_settings(preset: Preset) -> dict[str, Any]:
     """The fields a new conversation takes from a preset."""
     return {field: getattr(preset, field) for field in PRESET_FIELDS}
+
+
+def preset_may_delete(*, preset: Preset, user: Any) -> bool:
+    """Own presets by their owner; team presets by the team's admins."""
+    if preset.team_id is None:
+        return bool(preset.owner_id == user.pk)
+    return Membership.objects.filter(
+        user=user, team_id=preset.team_id, role=Membership.Role.ADMIN
+    ).exists()
 
 
 def preset_delete(*, preset: Preset) -> None:

@@ -7,9 +7,17 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Q, Sum
+from django.db.models.functions import Length
 from django.utils import timezone
 
+from ..budgets import (
+    BudgetExceeded,
+    budget_hold,
+    model_allowed_for,
+    reply_worst_cost,
+    spend_record,
+)
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Turn
 from ..selectors import reply_history
@@ -39,6 +47,41 @@ class NotRetryable(SendRefused):
 
 class NotEditable(SendRefused):
     message = "That message cannot be edited."
+
+
+class OverBudget(SendRefused):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _check_can_send(conversation: Conversation) -> None:
+    """Checks before anything is stored: the model, the person's team, the send rate."""
+    if not model_available(conversation.model):
+        raise ValidationError({"model": "This conversation's model is not configured here."})
+    if not model_allowed_for(user=conversation.owner, model=conversation.model):
+        raise ValidationError({"model": "Your team may not use this model. Pick another one."})
+    _check_send_rate(conversation.owner_id)
+
+
+def _hold_budget(locked: Conversation, *, before_position: int, new_text: str = "") -> Any:
+    """Inside the storing transaction: hold the reply's worst-case cost, or refuse."""
+    history = (
+        Turn.objects.filter(conversation=locked, position__lt=before_position).aggregate(
+            chars=Sum(Length("content"))
+        )["chars"]
+        or 0
+    )
+    cost = reply_worst_cost(
+        model=locked.model,
+        max_tokens=locked.max_tokens,
+        prompt_chars=history + len(locked.system_prompt) + len(new_text),
+    )
+    try:
+        budget_hold(user_id=locked.owner_id, cost=cost)
+    except BudgetExceeded as exc:
+        raise OverBudget(exc.message) from exc
+    return cost
 
 
 def _check_send_rate(owner_id: int) -> None:
@@ -82,9 +125,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
         raise ValidationError(
             {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
         )
-    if not model_available(conversation.model):
-        raise ValidationError({"model": "This conversation's model is not configured here."})
-    _check_send_rate(conversation.owner_id)
+    _check_can_send(conversation)
     try:
         with transaction.atomic():
             # Lock the conversation row (PostgreSQL); SQLite's IMMEDIATE mode locks the file.
@@ -92,6 +133,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
             if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
                 raise ReplyInProgress
             last = locked.turns.aggregate(last=Max("position"))["last"] or 0
+            held = _hold_budget(locked, before_position=last + 1, new_text=text)
             user_turn = Turn.objects.create(
                 conversation=locked,
                 position=last + 1,
@@ -104,6 +146,7 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
                 state=Turn.State.PENDING,
+                cost_reserved=held,
                 **_settings_snapshot(locked),
             )
             update = ["updated_at"]
@@ -172,7 +215,7 @@ def reply_stop_request(*, conversation_id: Any) -> Turn | None:
     return turn
 
 
-def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...]) -> bool:
+def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...], held: Any) -> bool:
     """Make an ended reply pending again, with the conversation's current settings."""
     return bool(
         Turn.objects.filter(pk=turn_id, state__in=states).update(
@@ -187,6 +230,7 @@ def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...]) ->
             finished_at=None,
             heartbeat_at=None,
             stop_requested_at=None,
+            cost_reserved=held,
             created_at=timezone.now(),
             **_settings_snapshot(locked),
         )
@@ -198,9 +242,7 @@ def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
 
     Only the last turn, an assistant reply that has ended.
     """
-    if not model_available(conversation.model):
-        raise ValidationError({"model": "This conversation's model is not configured here."})
-    _check_send_rate(conversation.owner_id)
+    _check_can_send(conversation)
     ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
     try:
         with transaction.atomic():
@@ -208,7 +250,10 @@ def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
             last = locked.turns.order_by("-position").first()
             if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
                 raise NotRetryable
-            if not _reset_reply(locked, turn_id, ended):
+            if last.state not in ended:
+                raise NotRetryable
+            held = _hold_budget(locked, before_position=last.position)
+            if not _reset_reply(locked, turn_id, ended, held):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
@@ -231,9 +276,7 @@ def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> Edit
         raise ValidationError(
             {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
         )
-    if not model_available(conversation.model):
-        raise ValidationError({"model": "This conversation's model is not configured here."})
-    _check_send_rate(conversation.owner_id)
+    _check_can_send(conversation)
     try:
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
@@ -249,11 +292,13 @@ def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> Edit
             later.delete()
             user_turn.content = text
             user_turn.save(update_fields=["content"])
+            held = _hold_budget(locked, before_position=user_turn.position + 1)
             reply = Turn.objects.create(
                 conversation=locked,
                 position=user_turn.position + 1,
                 role=Turn.Role.ASSISTANT,
                 state=Turn.State.PENDING,
+                cost_reserved=held,
                 **_settings_snapshot(locked),
             )
             locked.save(update_fields=["updated_at"])
@@ -273,13 +318,15 @@ def reply_sweep_stale(*, stale_after: float) -> list[Turn]:
     for turn_id in Turn.objects.filter(stale, state__in=Turn.ACTIVE_STATES).values_list(
         "pk", flat=True
     ):
-        now = timezone.now()
-        if Turn.objects.filter(stale, pk=turn_id, state__in=Turn.ACTIVE_STATES).update(
-            state=Turn.State.INTERRUPTED,
-            error_message=INTERRUPTED_MESSAGE,
-            finished_at=now,
-        ):
-            swept.append(Turn.objects.get(pk=turn_id))
+        with transaction.atomic():
+            if Turn.objects.filter(stale, pk=turn_id, state__in=Turn.ACTIVE_STATES).update(
+                state=Turn.State.INTERRUPTED,
+                error_message=INTERRUPTED_MESSAGE,
+                finished_at=timezone.now(),
+            ):
+                turn = Turn.objects.select_related("conversation").get(pk=turn_id)
+                spend_record(turn)  # text that was streamed was billed
+                swept.append(turn)
     return swept
 
 
@@ -313,9 +360,11 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         "finished_at": now,
         "heartbeat_at": now,
     }
-    updated = Turn.objects.filter(pk=turn_id, state__in=Turn.ACTIVE_STATES).update(**fields)
-    if not updated:
-        return None
-    turn = Turn.objects.select_related("conversation").get(pk=turn_id)
-    Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
+    with transaction.atomic():
+        updated = Turn.objects.filter(pk=turn_id, state__in=Turn.ACTIVE_STATES).update(**fields)
+        if not updated:
+            return None
+        turn = Turn.objects.select_related("conversation").get(pk=turn_id)
+        spend_record(turn)
+        Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
     return turn

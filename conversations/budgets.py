@@ -1,0 +1,161 @@
+"""Money limits: monthly budgets per person and per team, from stored token usage.
+
+A reply holds its worst-case cost (the whole prompt in, `max_tokens` out) while it
+is written, so sends racing each other cannot overspend; once it ends, its real
+cost goes into the `Spend` ledger, which edits and deletions do not touch. Sends
+check under a lock of the budget rows.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, QuerySet, Sum
+from django.utils import timezone
+
+from .models import Membership, Spend, Team, Turn, UserBudget
+from .usage import MILLION, reply_cost
+
+WARN_FRACTION = Decimal("0.8")
+CHARS_PER_TOKEN = 3  # a cautious estimate: real prompts average nearer 4
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """One budget: whose it is, its size, what was spent and what is held this month."""
+
+    label: str
+    budget: Decimal
+    spent: Decimal
+    held: Decimal
+
+    @property
+    def used(self) -> Decimal:
+        return self.spent + self.held
+
+    @property
+    def left(self) -> Decimal:
+        return max(Decimal(0), self.budget - self.used)
+
+    @property
+    def percent(self) -> int:
+        return int(self.used * 100 / self.budget) if self.budget else 100
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _spent(spends: QuerySet[Spend]) -> Decimal:
+    return Decimal(
+        spends.filter(created_at__gte=month_start()).aggregate(c=Sum("cost_usd"))["c"] or 0
+    )
+
+
+def _held(turns: QuerySet[Turn]) -> Decimal:
+    held = turns.aggregate(h=Sum("cost_reserved"))["h"]
+    return Decimal(held or 0)
+
+
+def _active_replies(scope: Q) -> QuerySet[Turn]:
+    return Turn.objects.filter(scope, role=Turn.Role.ASSISTANT, state__in=Turn.ACTIVE_STATES)
+
+
+def allowances_for(*, user_id: int, lock: bool = False) -> list[Allowance]:
+    """The budgets that apply to a person: their own and their team's, if set."""
+    allowances = []
+    budgets = UserBudget.objects.filter(user_id=user_id)
+    if lock:
+        budgets = budgets.select_for_update()
+    own = budgets.first()
+    if own is not None:
+        spent = _spent(Spend.objects.filter(user_id=user_id))
+        held = _held(_active_replies(Q(conversation__owner_id=user_id)))
+        allowances.append(Allowance("Your budget", own.monthly_budget_usd, spent, held))
+    membership = Membership.objects.filter(user_id=user_id).select_related("team").first()
+    if membership is not None and membership.team.monthly_budget_usd is not None:
+        team = membership.team
+        if lock:
+            team = Team.objects.select_for_update().get(pk=team.pk)
+        spent = _spent(Spend.objects.filter(team_id=team.pk))
+        held = _held(_active_replies(Q(conversation__owner__membership__team_id=team.pk)))
+        budget = team.monthly_budget_usd or Decimal(0)
+        allowances.append(Allowance(f"Team {team.name}", budget, spent, held))
+    return allowances
+
+
+def reply_worst_cost(*, model: str, max_tokens: int, prompt_chars: int) -> Decimal:
+    spec = settings.CHAT_MODELS.get(model)
+    if spec is None:
+        return Decimal(0)
+    input_price, output_price = (Decimal(str(p)) for p in spec["price_per_million"])
+    prompt_tokens = Decimal(prompt_chars // CHARS_PER_TOKEN + 1)
+    return (prompt_tokens * input_price + Decimal(max_tokens) * output_price) / MILLION
+
+
+class BudgetExceeded(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def budget_hold(*, user_id: int, cost: Decimal) -> None:
+    """Refuse, with a clear message, a reply that could take a budget past its limit.
+
+    Call inside the transaction that stores the reply: it locks the budget rows,
+    so concurrent sends are checked one after another.
+    """
+    for allowance in allowances_for(user_id=user_id, lock=True):
+        if allowance.used + cost > allowance.budget:
+            if allowance.left <= 0:
+                raise BudgetExceeded(
+                    f"{allowance.label} of ${allowance.budget:.2f} for this month is spent."
+                )
+            raise BudgetExceeded(
+                f"This reply could cost up to ${cost:.4f}, more than the ${allowance.left:.4f} "
+                f"left of {allowance.label.lower()} this month. Lower “Max tokens” or ask an "
+                f"admin."
+            )
+
+
+def budget_warnings(*, user_id: int) -> list[str]:
+    return [
+        f"{a.label}: {a.percent}% used (${a.used:.2f} of ${a.budget:.2f} this month)."
+        for a in allowances_for(user_id=user_id)
+        if a.budget and a.used >= a.budget * WARN_FRACTION
+    ]
+
+
+def model_allowed_for(*, user: Any, model: str) -> bool:
+    """Whether the person's team may use `model` (no team, or an empty list: all)."""
+    membership = Membership.objects.filter(user_id=user.pk).select_related("team").first()
+    if membership is None or not membership.team.allowed_models:
+        return True
+    return model in membership.team.allowed_models
+
+
+def spend_record(turn: Turn) -> Spend | None:
+    """Put an ended reply's cost in the ledger: reported usage, or an estimate from its
+    text when the upstream never reported it (a dropped stream)."""
+    input_tokens, output_tokens, estimated = turn.input_tokens, turn.output_tokens, False
+    if output_tokens is None:
+        if not turn.content:
+            return None  # failed before any text: nothing was billed
+        estimated = True
+        output_tokens = len(turn.content) // CHARS_PER_TOKEN + 1
+    membership = Membership.objects.filter(user_id=turn.conversation.owner_id).first()
+    return Spend.objects.create(
+        user_id=turn.conversation.owner_id,
+        team_id=membership.team_id if membership else None,
+        turn=turn,
+        model=turn.model,
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens,
+        estimated=estimated,
+        cost_usd=reply_cost(
+            model=turn.model, input_tokens=input_tokens, output_tokens=output_tokens
+        ),
+    )
