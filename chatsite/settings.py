@@ -74,7 +74,7 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "") or _derived_o
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "conversations.apps.ChatAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

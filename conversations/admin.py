@@ -1,38 +1,251 @@
-from django.contrib import admin
+"""The admin: conversation review (scoped, read-only, every look recorded), the feedback
+inbox, the usage report, and the team, budget and ledger records."""
 
-from .models import Conversation, Membership, Spend, Team, Turn, UserBudget
+import csv
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+
+from .models import (
+    Conversation,
+    Feedback,
+    Membership,
+    ReviewAccess,
+    Spend,
+    Team,
+    Turn,
+    UserBudget,
+)
+from .review import conversations_as_jsonl, may_review, review_record, reviewable_by
 
 
-class TurnInline(admin.TabularInline):
-    model = Turn
-    extra = 0
-    can_delete = False
-    fields = (
-        "position",
-        "role",
-        "state",
-        "model",
-        "content",
-        "input_tokens",
-        "output_tokens",
-        "gateway_log_id",
-        "started_at",
-        "finished_at",
-    )
-    readonly_fields = fields
-    ordering = ("position",)
+class ReviewPermissions:
+    """Reviewers may look (never add, change transcripts or delete) within their scope."""
 
-    def has_add_permission(self, request, obj=None):
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may_review(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_review(request.user)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
-@admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("display_title", "owner", "model", "updated_at")
-    list_filter = ("model",)
-    search_fields = ("title", "owner__username")
-    readonly_fields = ("id", "owner", "created_at", "updated_at")
-    inlines = [TurnInline]
+class FlaggedFilter(admin.SimpleListFilter):
+    title = "flagged"
+    parameter_name = "flagged"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Flagged"), ("no", "Not flagged")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.exclude(flag="")
+        if self.value() == "no":
+            return queryset.filter(flag="")
+        return queryset
+
+
+class HasErrorsFilter(admin.SimpleListFilter):
+    title = "has errors"
+    parameter_name = "errors"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "With failed replies")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            failed = Turn.objects.filter(
+                conversation=OuterRef("pk"), state__in=["error", "interrupted"]
+            )
+            return queryset.filter(Q(pk__in=failed.values("conversation")))
+        return queryset
+
+
+class ReplyStateFilter(admin.SimpleListFilter):
+    title = "reply state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(state.value, state.label) for state in Turn.State]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value():
+            return queryset.filter(
+                pk__in=Turn.objects.filter(state=self.value()).values("conversation")
+            )
+        return queryset
+
+
+def _cost_subquery() -> Subquery:
+    return Subquery(
+        Spend.objects.filter(turn__conversation=OuterRef("pk"))
+        .values("turn__conversation")
+        .annotate(total=Sum("cost_usd"))
+        .values("total"),
+        output_field=DecimalField(max_digits=12, decimal_places=6),
+    )
+
+
+@admin.action(description="Export selected as JSON Lines")
+def export_jsonl(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+    for conversation in queryset:
+        review_record(reviewer=request.user, conversation=conversation, reason="export")
+    response = StreamingHttpResponse(
+        conversations_as_jsonl(queryset.select_related("owner")), content_type="application/jsonl"
+    )
+    response["Content-Disposition"] = 'attachment; filename="conversations.jsonl"'
+    return response
+
+
+class ConversationReviewAdmin(ReviewPermissions, admin.ModelAdmin):
+    list_display = (
+        "display_title", "owner", "team", "model", "turn_count", "tokens", "cost",
+        "updated_at", "flag", "errors",
+    )  # fmt: skip
+    list_filter = (
+        "model",
+        ("owner__membership__team", admin.RelatedOnlyFieldListFilter),
+        ReplyStateFilter,
+        "updated_at",
+        FlaggedFilter,
+        HasErrorsFilter,
+    )
+    search_fields = ("title", "turns__content", "owner__username")
+    actions = [export_jsonl]
+    change_form_template = "admin/conversations/conversation/transcript.html"
+    list_per_page = 50
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        scope = reviewable_by(request.user).values("pk")
+        return (
+            Conversation.objects.filter(pk__in=scope)
+            .select_related("owner__membership__team")
+            .annotate(
+                n_turns=Count("turns", distinct=True),
+                n_tokens=Coalesce(Sum("turns__input_tokens"), 0)
+                + Coalesce(Sum("turns__output_tokens"), 0),
+                n_errors=Count("turns", filter=Q(turns__state__in=["error", "interrupted"])),
+                total_cost=Coalesce(_cost_subquery(), Value(Decimal(0))),
+            )
+        )
+
+    @admin.display(description="team")
+    def team(self, obj: Conversation) -> str:
+        membership = getattr(obj.owner, "membership", None)
+        return membership.team.name if membership else "—"
+
+    @admin.display(description="turns", ordering="n_turns")
+    def turn_count(self, obj: Any) -> int:
+        return int(obj.n_turns)
+
+    @admin.display(description="tokens", ordering="n_tokens")
+    def tokens(self, obj: Any) -> int:
+        return int(obj.n_tokens)
+
+    @admin.display(description="cost", ordering="total_cost")
+    def cost(self, obj: Any) -> str:
+        return f"${obj.total_cost:.4f}"
+
+    @admin.display(description="failed replies", ordering="n_errors")
+    def errors(self, obj: Any) -> int:
+        return int(obj.n_errors)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # transcripts are read-only; flags are set through the review form
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        conversation = self.get_queryset(request).filter(pk=object_id).first()
+        if conversation is None:
+            raise Http404("No such conversation.")
+        if request.method == "POST":
+            flag = request.POST.get("flag", "")
+            if flag in Conversation.Flag.values:
+                Conversation.objects.filter(pk=conversation.pk).update(flag=flag)
+                messages.success(request, "Flag saved.")
+            return redirect(request.path)
+        review_record(
+            reviewer=request.user, conversation=conversation, reason=request.GET.get("reason", "")
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "conversation": conversation,
+            "turns": conversation.turns.order_by("position"),
+            "read_only": True,
+            "show_log_id": True,
+            "flags": Conversation.Flag.choices,
+            "accesses": conversation.review_accesses.select_related("reviewer")[:20],
+            "title": f"Transcript: {conversation.display_title}",
+        }
+        return TemplateResponse(request, self.change_form_template, context)
+
+
+class FeedbackInboxAdmin(ReviewPermissions, admin.ModelAdmin):
+    """Negative and unreviewed first."""
+
+    list_display = ("reply", "user", "rating_label", "comment", "status", "flag", "created_at")
+    list_editable = ("status", "flag")
+    list_filter = ("status", "rating", "flag")
+    search_fields = ("comment", "turn__content", "user__username")
+    fields = ("reply", "user", "rating_label", "comment", "status", "flag", "reviewer_note")
+    readonly_fields = ("reply", "user", "rating_label", "comment")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Feedback]:
+        scope = reviewable_by(request.user).values("pk")
+        return (
+            Feedback.objects.filter(turn__conversation__in=scope)
+            .select_related("turn__conversation", "user")
+            .order_by("-status", "rating", "-created_at")  # open before resolved, -1 before +1
+        )
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return may_review(request.user)
+
+    @admin.display(description="rating", ordering="rating")
+    def rating_label(self, obj: Feedback) -> str:
+        return "👍 up" if obj.rating > 0 else "👎 down"
+
+    @admin.display(description="reply")
+    def reply(self, obj: Feedback) -> str:
+        text = obj.turn.content
+        return text[:80] + ("…" if len(text) > 80 else "")
+
+
+class ReviewAccessAdmin(admin.ModelAdmin):
+    """The record of every look: readable by superusers, changed by no one."""
+
+    list_display = ("opened_at", "reviewer", "conversation", "reason")
+    list_filter = ("opened_at",)
+    search_fields = ("reviewer__username", "reason", "conversation__title")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class MembershipInline(admin.TabularInline):
@@ -41,42 +254,126 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
-@admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
     list_display = ("name", "monthly_budget_usd", "allowed_models", "created_at")
     search_fields = ("name",)
     inlines = [MembershipInline]
 
 
-@admin.register(UserBudget)
 class UserBudgetAdmin(admin.ModelAdmin):
     list_display = ("user", "monthly_budget_usd")
     autocomplete_fields = ["user"]
     search_fields = ("user__username",)
 
 
-@admin.register(Spend)
 class SpendAdmin(admin.ModelAdmin):
     """The ledger: read-only, so spend cannot be edited away."""
 
-    list_display = (
-        "created_at",
-        "user",
-        "team",
-        "model",
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "estimated",
-    )
+    list_display = ("created_at", "user", "team", "model", "input_tokens", "output_tokens",
+                    "cost_usd", "estimated")  # fmt: skip
     list_filter = ("model", "team", "estimated")
     date_hierarchy = "created_at"
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def _report_scope(user: Any) -> QuerySet[Spend]:
+    if user.is_superuser or user.has_perm("conversations.review_conversation"):
+        return Spend.objects.all()
+    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
+    if membership is None:
+        return Spend.objects.none()
+    return Spend.objects.filter(team_id=membership.team_id)
+
+
+def _parse_day(value: str | None, default: date) -> date:
+    try:
+        return date.fromisoformat(value) if value else default
+    except ValueError:
+        return default
+
+
+def usage_report(request: HttpRequest) -> HttpResponse:
+    """Cost and tokens per user, team, model and day, with totals and a chart."""
+    if not may_review(request.user):
+        return redirect("admin:index")
+    today = timezone.now().date()
+    start = _parse_day(request.GET.get("start"), today.replace(day=1))
+    end = _parse_day(request.GET.get("end"), today)
+    spends = _report_scope(request.user).filter(
+        created_at__date__gte=start, created_at__date__lte=end
+    )
+    sums = {"cost": Sum("cost_usd"), "input": Sum("input_tokens"), "output": Sum("output_tokens"),
+            "replies": Count("id")}  # fmt: skip
+    rows = list(
+        spends.annotate(day=TruncDate("created_at"))
+        .values("day", "user__username", "team__name", "model")
+        .annotate(**sums)
+        .order_by("day", "user__username", "model")
+    )
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["day", "user", "team", "model", "replies", "input_tokens",
+                         "output_tokens", "cost_usd"])  # fmt: skip
+        for row in rows:
+            writer.writerow([row["day"], row["user__username"], row["team__name"] or "",
+                             row["model"], row["replies"], row["input"], row["output"],
+                             row["cost"]])  # fmt: skip
+        return response
+    totals = spends.aggregate(**sums)
+    by = {
+        "user": spends.values(name=Coalesce("user__username", Value("?"))),
+        "team": spends.values(name=Coalesce("team__name", Value("(no team)"))),
+        "model": spends.values(name=Coalesce("model", Value("?"))),
+    }
+    breakdowns = {key: list(qs.annotate(**sums).order_by("-cost")) for key, qs in by.items()}
+    per_day = {r["day"]: r["cost"] for r in spends.annotate(day=TruncDate("created_at"))
+               .values("day").annotate(cost=Sum("cost_usd"))}  # fmt: skip
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)][:92]
+    peak = max([per_day.get(day) or Decimal(0) for day in days] + [Decimal("0.0001")])
+    width = 640 / max(1, len(days))
+    bars = [
+        {
+            "x": round(n * width + 1, 1),
+            "width": round(max(1.0, width - 2), 1),
+            "height": round(float((per_day.get(day) or 0) / peak) * 180, 1),
+            "y": round(200 - float((per_day.get(day) or 0) / peak) * 180, 1),
+            "day": day,
+            "cost": per_day.get(day) or Decimal(0),
+        }
+        for n, day in enumerate(days)
+    ]
+    context = {
+        **admin.site.each_context(request),
+        "title": "Usage and cost",
+        "start": start,
+        "end": end,
+        "rows": rows,
+        "totals": totals,
+        "breakdowns": breakdowns,
+        "bars": bars,
+        "peak": peak,
+        "csv_url": f"{reverse('admin:usage-report')}?start={start}&end={end}&format=csv",
+    }
+    return TemplateResponse(request, "admin/usage_report.html", context)
+
+
+def register(site: admin.AdminSite) -> None:
+    site.register(Conversation, ConversationReviewAdmin)
+    site.register(Feedback, FeedbackInboxAdmin)
+    site.register(ReviewAccess, ReviewAccessAdmin)
+    site.register(Team, TeamAdmin)
+    site.register(UserBudget, UserBudgetAdmin)
+    site.register(Spend, SpendAdmin)
+
+
+register(admin.site)

@@ -99,6 +99,17 @@ def preset_get_for(*, user: Any, preset_id: Any) -> Preset | None:
         return None
 
 
+def turn_get_for(*, user: Any, turn_id: int) -> Turn | None:
+    """A reply in one of the user's own conversations."""
+    if not user.is_authenticated:
+        return None
+    return (
+        Turn.objects.filter(pk=turn_id, conversation__owner=user, role=Turn.Role.ASSISTANT)
+        .select_related("conversation")
+        .first()
+    )
+
+
 def turn_active(*, conversation_id: uuid.UUID | str) -> Turn | None:
     """The reply being written in this conversation, if any."""
     return (

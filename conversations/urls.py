@@ -40,5 +40,11 @@ urlpatterns = [
         views.conversation_share_view,
         name="conversation-share",
     ),
+    path(
+        "conversations/<uuid:conversation_id>/export.<str:fmt>",
+        views.conversation_export,
+        name="conversation-export",
+    ),
+    path("turns/<int:turn_id>/feedback/", views.turn_feedback, name="turn-feedback"),
     path("presets/<int:preset_id>/delete/", views.preset_delete_view, name="preset-delete"),
 ]

@@ -20,6 +20,7 @@ from .budgets import allowances_for, model_allowed_for
 from .forms import ConversationCreateForm, ConversationSettingsForm, sampling_of
 from .gateway import model_available
 from .models import Conversation
+from .review import conversation_as_dict, conversation_as_markdown, review_record, reviewable_by
 from .selectors import (
     conversation_get_for,
     conversation_readable_for,
@@ -28,6 +29,7 @@ from .selectors import (
     membership_for,
     preset_get_for,
     presets_for,
+    turn_get_for,
     turns_before,
     turns_recent,
 )
@@ -37,6 +39,7 @@ from .services import (
     conversation_rename,
     conversation_share,
     conversation_update,
+    feedback_give,
     preset_create_from,
     preset_delete,
     preset_may_delete,
@@ -155,6 +158,9 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
         "settings_form": None if read_only else _settings_form(conversation),
         "models": _models_context(request.user),
         "membership": membership_for(user=request.user),
+        "review_accesses": []
+        if read_only
+        else conversation.review_accesses.select_related("reviewer")[:5],
     }
     template = (
         "conversations/partials/chat.html" if _is_htmx(request) else "conversations/page.html"
@@ -360,3 +366,50 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     if failed:
         result["status"] = "error"
     return JsonResponse(result, status=503 if failed else 200)
+
+
+@login_required
+@require_GET
+def conversation_export(request: HttpRequest, conversation_id: uuid.UUID, fmt: str) -> HttpResponse:
+    """The owner's, or a reviewer's (recorded), copy as JSON or Markdown."""
+    conversation = conversation_get_for(user=request.user, conversation_id=conversation_id)
+    if conversation is None:
+        conversation = reviewable_by(request.user).filter(pk=conversation_id).first()
+        if conversation is None:
+            raise Http404("No such conversation.")
+        review_record(reviewer=request.user, conversation=conversation, reason=f"export {fmt}")
+    if fmt == "json":
+        response: HttpResponse = JsonResponse(
+            conversation_as_dict(conversation), json_dumps_params={"ensure_ascii": False}
+        )
+    else:
+        response = HttpResponse(
+            conversation_as_markdown(conversation), content_type="text/markdown; charset=utf-8"
+        )
+    response["Content-Disposition"] = f'attachment; filename="conversation-{conversation.pk}.{fmt}"'
+    return response
+
+
+@login_required
+@require_POST
+def turn_feedback(request: HttpRequest, turn_id: int) -> HttpResponse:
+    """The owner rates a reply up or down, with an optional comment."""
+    turn = turn_get_for(user=request.user, turn_id=turn_id)
+    if turn is None:
+        raise Http404("No such reply.")
+    error = ""
+    try:
+        feedback_give(
+            user=request.user,
+            turn=turn,
+            rating=request.POST.get("rating"),
+            comment=request.POST.get("comment", ""),
+        )
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    return render(
+        request,
+        "conversations/partials/feedback.html",
+        {"turn": turn, "error": error, "given": not error},
+        status=400 if error else 200,
+    )

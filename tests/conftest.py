@@ -138,6 +138,14 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def manage(self, *args: str) -> str:
+        """Run a management command against this server's database."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
+            text=True, check=True, timeout=120,
+        )  # fmt: skip
+        return result.stdout
+
     def login(self, username: str = "alice") -> httpx.Client:
         client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=10)
         client.get("/accounts/login/")

@@ -1,0 +1,105 @@
+"""Conversation review: who may look at which conversations, the record of every look,
+and the exports reviewers and owners take away."""
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import QuerySet
+
+from .models import Conversation, Membership, ReviewAccess, Turn
+from .usage import reply_cost
+
+
+def reviewable_by(user: Any) -> QuerySet[Conversation]:
+    """Everything for superusers and holders of the `review` permission, their team's
+    conversations for team admins, nothing for anyone else."""
+    if not (user.is_authenticated and user.is_active):
+        return Conversation.objects.none()
+    if user.is_superuser or user.has_perm("conversations.review_conversation"):
+        return Conversation.objects.all()
+    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
+    if membership is None:
+        return Conversation.objects.none()
+    return Conversation.objects.filter(owner__membership__team_id=membership.team_id)
+
+
+def may_review(user: Any) -> bool:
+    if not (user.is_authenticated and user.is_active):
+        return False
+    return (
+        user.is_superuser
+        or user.has_perm("conversations.review_conversation")
+        or Membership.objects.filter(user=user, role=Membership.Role.ADMIN).exists()
+    )
+
+
+def review_record(*, reviewer: Any, conversation: Conversation, reason: str = "") -> ReviewAccess:
+    """Every look is on the record, and its owner sees it."""
+    return ReviewAccess.objects.create(
+        reviewer=reviewer, conversation=conversation, reason=reason.strip()[:300]
+    )
+
+
+def _turn_data(turn: Turn) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "position": turn.position,
+        "role": turn.role,
+        "content": turn.content,
+        "created_at": turn.created_at.isoformat(),
+    }
+    if turn.role == Turn.Role.ASSISTANT:
+        data.update(
+            state=turn.state,
+            error_message=turn.error_message,
+            model=turn.model,
+            system_prompt=turn.system_prompt,
+            temperature=turn.temperature,
+            top_p=turn.top_p,
+            top_k=turn.top_k,
+            max_tokens=turn.max_tokens,
+            input_tokens=turn.input_tokens,
+            output_tokens=turn.output_tokens,
+            cost_usd=str(
+                reply_cost(
+                    model=turn.model,
+                    input_tokens=turn.input_tokens,
+                    output_tokens=turn.output_tokens,
+                )
+            ),
+            stop_reason=turn.stop_reason,
+            gateway_log_id=turn.gateway_log_id,
+            finished_at=turn.finished_at.isoformat() if turn.finished_at else None,
+        )
+    return data
+
+
+def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(conversation.pk),
+        "title": conversation.display_title,
+        "owner": conversation.owner.get_username(),
+        "model": conversation.model,
+        "system_prompt": conversation.system_prompt,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "turns": [_turn_data(turn) for turn in conversation.turns.order_by("position")],
+    }
+
+
+def conversation_as_markdown(conversation: Conversation) -> str:
+    lines = [f"# {conversation.display_title}", ""]
+    lines.append(f"Owner: {conversation.owner.get_username()} · model: {conversation.model}")
+    if conversation.system_prompt:
+        lines += ["", f"System prompt: {conversation.system_prompt}"]
+    for turn in conversation.turns.order_by("position"):
+        who = "You" if turn.role == Turn.Role.USER else f"Assistant ({turn.model}, {turn.state})"
+        lines += ["", f"## {who}", "", turn.content]
+        if turn.error_message:
+            lines += ["", f"> {turn.error_message}"]
+    return "\n".join(lines) + "\n"
+
+
+def conversations_as_jsonl(conversations: Iterable[Conversation]) -> Iterable[str]:
+    for conversation in conversations:
+        yield json.dumps(conversation_as_dict(conversation), ensure_ascii=False) + "\n"
