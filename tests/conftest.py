@@ -262,4 +262,4 @@ def start_chat(page, *, system: str = "", temperature: str = "") -> None:
     page.locator("#id_temperature").fill(temperature)
     page.get_by_role("button", name="Start chat").click()
     page.wait_for_url("**/conversations/*/")
-    page.wait_for_function("document.querySelector('[ws-connect]') && htmx")
+    page.wait_for_function("() => document.querySelector('[ws-connect]') && window.htmx")

@@ -28,7 +28,7 @@ def test_send_streams_and_renders_the_reply(page, emulator) -> None:
     streaming = page.locator('article[data-role="assistant"][data-state="streaming"]')
     streaming.wait_for()
     assert page.get_by_role("button", name="Stop").is_visible()
-    page.screenshot(path=str(ARTIFACTS / "chat-streaming-desktop.png"))
+    page.screenshot(path=str(ARTIFACTS / "chat-streaming-desktop.png"), caret="initial")
 
     done = page.locator('article[data-role="assistant"][data-state="complete"]')
     done.wait_for()
@@ -39,9 +39,11 @@ def test_send_streams_and_renders_the_reply(page, emulator) -> None:
     assert page.get_by_role("button", name="Stop").count() == 0
     assert emulator.requests[-1].body["system"] == SYSTEM
     assert emulator.requests[-1].body["temperature"] == 0.3
-    page.screenshot(path=str(ARTIFACTS / "chat-complete-desktop.png"), full_page=True)
+    page.screenshot(
+        path=str(ARTIFACTS / "chat-complete-desktop.png"), full_page=True, caret="initial"
+    )
     page.set_viewport_size({"width": 360, "height": 780})
-    page.screenshot(path=str(ARTIFACTS / "chat-complete-360.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-complete-360.png"), full_page=True, caret="initial")
     page.reload()
     page.locator('article[data-role="assistant"][data-state="complete"]').wait_for()
 
@@ -54,7 +56,8 @@ def test_stop_keeps_the_partial_reply(page, emulator) -> None:
     box.press("Enter")
     page.locator('article[data-role="assistant"][data-state="streaming"]').wait_for()
     page.wait_for_function(
-        "document.querySelector('article[data-role=assistant] .turn-text').textContent.length > 20"
+        "() => document.querySelector('article[data-role=assistant] .turn-text')"
+        ".textContent.length > 20"
     )
     page.get_by_role("button", name="Stop").click()
     cancelled = page.locator('article[data-role="assistant"][data-state="cancelled"]')
@@ -78,7 +81,9 @@ def test_hostile_model_output_is_inert_text(page, emulator) -> None:
     assert good.get_attribute("rel") == "noopener noreferrer nofollow"
     assert page.locator('article[data-role="user"] .user-text').inner_text() == "<b>bold?</b>"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "chat-hostile-desktop.png"), full_page=True)
+    page.screenshot(
+        path=str(ARTIFACTS / "chat-hostile-desktop.png"), full_page=True, caret="initial"
+    )
 
 
 @pytest.mark.local_model
@@ -101,7 +106,9 @@ def test_zero_setup_chat_with_the_bundled_model(browser, live_server_factory) ->
     assert "SmolLM2" in done.inner_text()
     assert len(done.locator(".turn-text").inner_text().strip()) > 0
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "chat-local-model-desktop.png"), full_page=True)
+    page.screenshot(
+        path=str(ARTIFACTS / "chat-local-model-desktop.png"), full_page=True, caret="initial"
+    )
     page.close()
 
 
@@ -118,7 +125,7 @@ def test_reload_mid_reply_shows_partial_text_and_continues(page, emulator) -> No
     box.press("Enter")
     text = page.locator('article[data-role="assistant"] .turn-text')
     page.wait_for_function(
-        "(document.querySelector('article[data-role=assistant] .turn-text')"
+        "() => (document.querySelector('article[data-role=assistant] .turn-text')"
         "?.textContent || '').split(' ').length > 20"
     )
     page.reload()

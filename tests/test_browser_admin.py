@@ -51,7 +51,7 @@ def test_reviewer_reads_the_change_list_a_transcript_and_the_report(
     assert rows.count() == 2
     assert "This one fails" in rows.first.inner_text() or "This one fails" in rows.last.inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "admin-changelist.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-changelist.png"), full_page=True, caret="initial")
 
     page.goto("/admin/conversations/conversation/?errors=yes")
     assert page.locator("#result_list tbody tr").count() == 1
@@ -61,12 +61,12 @@ def test_reviewer_reads_the_change_list_a_transcript_and_the_report(
     page.locator(".transcript").wait_for()
     assert page.locator(".transcript h2", has_text="Basic Method").count() == 1
     assert "cf-aig-log-id" in page.locator(".transcript").inner_text()
-    page.screenshot(path=str(ARTIFACTS / "admin-transcript.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-transcript.png"), full_page=True, caret="initial")
 
     page.goto("/admin/usage/")
     assert page.locator("svg.chart rect.bar").count() >= 1
     assert "Total:" in page.locator(".totals").inner_text()
-    page.screenshot(path=str(ARTIFACTS / "admin-usage-report.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-usage-report.png"), full_page=True, caret="initial")
     page.close()
 
     owner_page = server.login("alice").get(f"/conversations/{good}/").text

@@ -26,9 +26,9 @@ def last_reply(page, state: str = "complete"):
 def shoot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     size = page.viewport_size
-    page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-desktop.png"), full_page=True, caret="initial")
     page.set_viewport_size({"width": 360, "height": 780})
-    page.screenshot(path=str(ARTIFACTS / f"{name}-360.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-360.png"), full_page=True, caret="initial")
     page.set_viewport_size(size)
 
 
@@ -67,7 +67,9 @@ def test_regenerate_and_edit(page, emulator) -> None:
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     copy = last_reply(page).get_by_role("button", name="Copy reply")
     copy.click()
-    page.wait_for_function("document.querySelector('button.copy-reply').textContent === 'Copied'")
+    page.wait_for_function(
+        "() => document.querySelector('button.copy-reply').textContent === 'Copied'"
+    )
     assert page.evaluate("navigator.clipboard.readText()") == "Answer to the edited question."
 
 

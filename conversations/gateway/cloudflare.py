@@ -125,6 +125,16 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers) -> Rep
     )
 
 
+_FIRST_TOKEN_TIMEOUT = ReplyError(
+    "The model did not start answering in time.", kind="first_token_timeout"
+)
+
+
+def _connection_error(message: str, exc: Exception) -> ReplyError:
+    """Transport failures before any text: worth another try."""
+    return ReplyError(message, kind="connection", detail=type(exc).__name__, retryable=True)
+
+
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
@@ -383,17 +393,10 @@ class CloudflareProvider:
             async with asyncio.timeout_at(deadline):
                 response = await client.send(http_request, stream=True)
         except TimeoutError:
-            yield ReplyError(
-                "The model did not start answering in time.", kind="first_token_timeout"
-            )
+            yield _FIRST_TOKEN_TIMEOUT
             return
         except httpx.HTTPError as exc:
-            yield ReplyError(
-                "Could not reach the model service.",
-                kind="connection",
-                detail=type(exc).__name__,
-                retryable=True,
-            )
+            yield _connection_error("Could not reach the model service.", exc)
             return
         try:
             async for event in self._read(response, deadline):
@@ -421,17 +424,10 @@ class CloudflareProvider:
                     yield event
                 return
         except TimeoutError:
-            yield ReplyError(
-                "The model did not start answering in time.", kind="first_token_timeout"
-            )
+            yield _FIRST_TOKEN_TIMEOUT
             return
         except httpx.HTTPError as exc:
-            yield ReplyError(
-                "The connection to the model was lost.",
-                kind="connection",
-                detail=type(exc).__name__,
-                retryable=True,
-            )
+            yield _connection_error("The connection to the model was lost.", exc)
             return
 
         yield ResponseStarted(log_id)
@@ -446,13 +442,9 @@ class CloudflareProvider:
                 break
             except TimeoutError:
                 if interpreter.got_text:
-                    message, kind = "The model stopped sending text (stalled).", "stall"
+                    yield ReplyError("The model stopped sending text (stalled).", kind="stall")
                 else:
-                    message, kind = (
-                        "The model did not start answering in time.",
-                        "first_token_timeout",
-                    )
-                yield ReplyError(message, kind=kind)
+                    yield _FIRST_TOKEN_TIMEOUT
                 return
             except httpx.HTTPError as exc:
                 yield ReplyError(

@@ -55,6 +55,24 @@ class OverBudget(SendRefused):
         self.message = message
 
 
+def _check_message_text(text: Any) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError({"message": "Type a message first."})
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise ValidationError(
+            {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
+        )
+
+
+def _lock_idle(conversation: Conversation) -> Conversation:
+    """Inside a transaction: lock the conversation (its row on PostgreSQL; SQLite's
+    IMMEDIATE mode locks the file) and refuse while a reply is being written."""
+    locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+    if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
+        raise ReplyInProgress
+    return locked
+
+
 def _check_can_send(conversation: Conversation) -> None:
     """Checks before anything is stored: the model, the person's team, the send rate."""
     if not model_available(conversation.model):
@@ -119,19 +137,11 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
     Refused, with nothing stored, when the text is empty or too long, the model
     is not available, or a reply is already being written.
     """
-    if not isinstance(text, str) or not text.strip():
-        raise ValidationError({"message": "Type a message first."})
-    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-        raise ValidationError(
-            {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
-        )
+    _check_message_text(text)
     _check_can_send(conversation)
     try:
         with transaction.atomic():
-            # Lock the conversation row (PostgreSQL); SQLite's IMMEDIATE mode locks the file.
-            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-            if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
-                raise ReplyInProgress
+            locked = _lock_idle(conversation)
             last = locked.turns.aggregate(last=Max("position"))["last"] or 0
             held = _hold_budget(locked, before_position=last + 1, new_text=text)
             user_turn = Turn.objects.create(
@@ -270,18 +280,11 @@ class EditResult:
 
 def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> EditResult:
     """Change one of the user's messages and resend it: every later turn is replaced."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValidationError({"message": "Type a message first."})
-    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
-        raise ValidationError(
-            {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
-        )
+    _check_message_text(text)
     _check_can_send(conversation)
     try:
         with transaction.atomic():
-            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-            if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
-                raise ReplyInProgress
+            locked = _lock_idle(conversation)
             user_turn = Turn.objects.filter(
                 conversation=locked, pk=turn_id, role=Turn.Role.USER
             ).first()
