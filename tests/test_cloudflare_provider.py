@@ -250,3 +250,16 @@ def test_non_streamed_reply_over_the_wire(emulator, monkeypatch) -> None:
     events = collect(provider_for(emulator, gateway=""))
     assert text_of(events) == expected_reply(emulator)
     assert events[-1] == Finished("end_turn")
+
+
+def test_finished_streams_give_their_connection_back_for_the_next_reply(emulator) -> None:
+    provider = provider_for(emulator)
+
+    async def two_replies() -> list[str]:
+        texts = []
+        for _ in range(2):
+            texts.append(text_of([e async for e in provider.stream(request())]))
+        return texts
+
+    assert asyncio.run(two_replies()) == [expected_reply(emulator)] * 2
+    assert emulator.connection_count == 1  # no second TCP (and, upstream, TLS) handshake

@@ -6,13 +6,14 @@ Retries happen only before the first token.
 """
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -458,6 +459,8 @@ class CloudflareProvider:
                 for event in interpreter.handle(sse):
                     if isinstance(event, TextDelta):
                         deadline = loop.time() + self.idle_timeout
+                    elif isinstance(event, Finished):
+                        await _drain(chunks)
                     yield event
                     if isinstance(event, ReplyError):
                         return
@@ -472,6 +475,15 @@ class CloudflareProvider:
                 kind="unterminated",
                 retryable=not interpreter.got_text,
             )
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read a finished stream to its end, so its connection goes back to the pool:
+    the next reply then skips the TCP and TLS handshakes."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(1.0):
+            async for _ in chunks:
+                pass
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

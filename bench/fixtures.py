@@ -1,0 +1,165 @@
+"""Bench data in a bench database: run as ``python -m bench.fixtures`` with the server's env.
+
+Reads a JSON spec on stdin, writes a JSON description on stdout:
+
+- ``users`` users, each signed in through a session made directly (what a login
+  would store: SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY), with an
+  unusable password (hashing 500 passwords would take minutes);
+- for every set (one per server), empty conversations for the warm-up, each
+  level and the profile rounds; conversation i of a group belongs to user i;
+- long conversations of 10, 100 and 1,000 turns of realistic Markdown replies,
+  owned by a reader user of their own;
+- on SQLite, a write counter: triggers on every table add one per inserted,
+  updated or deleted row to ``bench_writes`` (PostgreSQL has pg_stat_user_tables).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import django
+
+SONNET = "anthropic/claude-sonnet-4"
+
+
+def _users(count: int, prefix: str = "bench-") -> list[dict[str, Any]]:
+    from django.conf import settings
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+    )
+    from django.contrib.auth.hashers import make_password
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user_model = get_user_model()
+    existing = list(user_model.objects.filter(username__startswith=prefix).order_by("username"))
+    missing = [
+        user_model(username=f"{prefix}{i:04d}", password=make_password(None))
+        for i in range(len(existing), count)
+    ]
+    user_model.objects.bulk_create(missing)
+    users = list(user_model.objects.filter(username__startswith=prefix).order_by("username"))
+    out = []
+    for user in users[:count]:
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        out.append(
+            {"id": user.pk, "cookie": f"{settings.SESSION_COOKIE_NAME}={session.session_key}"}
+        )
+    return out
+
+
+def _conversations(users: list[dict[str, Any]], count: int) -> list[str]:
+    from django.conf import settings
+
+    from conversations.models import Conversation
+
+    made = Conversation.objects.bulk_create(
+        Conversation(
+            owner_id=users[i % len(users)]["id"],
+            model=SONNET,
+            max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
+        )
+        for i in range(count)
+    )
+    return [str(conversation.pk) for conversation in made]
+
+
+def _long(owner_id: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
+    from django.conf import settings
+
+    from conversations.models import Conversation, Turn
+    from tests.emulator import SEED_REPLIES
+
+    examples = list(SEED_REPLIES.items())
+    out = {}
+    for size in sizes:
+        conversation = Conversation.objects.create(
+            owner_id=owner_id,
+            model=SONNET,
+            title=f"{size} turns",
+            max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
+        )
+        turns = []
+        for position in range(1, size + 1):
+            prompt, reply = examples[(position - 1) // 2 % len(examples)]
+            if position % 2:
+                turns.append(
+                    Turn(
+                        conversation=conversation,
+                        position=position,
+                        role=Turn.Role.USER,
+                        content=prompt,
+                        state=Turn.State.COMPLETE,
+                    )
+                )
+            else:
+                turns.append(
+                    Turn(
+                        conversation=conversation,
+                        position=position,
+                        role=Turn.Role.ASSISTANT,
+                        content=reply,
+                        state=Turn.State.COMPLETE,
+                        model=SONNET,
+                        max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
+                        input_tokens=position * 300,
+                        output_tokens=len(reply) // 4,
+                        stop_reason="end_turn",
+                    )
+                )
+        Turn.objects.bulk_create(turns, batch_size=500)
+        last = Turn.objects.filter(conversation=conversation).order_by("-position").first()
+        assert last is not None
+        out[str(size)] = {"conversation": str(conversation.pk), "turn": last.pk}
+    return out
+
+
+def _sqlite_write_counter() -> list[str]:
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return []
+    tables = [t for t in connection.introspection.table_names() if t != "bench_writes"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS bench_writes (id INTEGER PRIMARY KEY, n INTEGER)"
+        )
+        cursor.execute("INSERT OR IGNORE INTO bench_writes (id, n) VALUES (1, 0)")
+        for table in tables:
+            for action in ("INSERT", "UPDATE", "DELETE"):
+                name = f"bench_count_{action.lower()}_{table}"
+                cursor.execute(
+                    f'CREATE TRIGGER IF NOT EXISTS "{name}" AFTER {action} ON "{table}" '  # noqa: S608 - table names from introspection
+                    "BEGIN UPDATE bench_writes SET n = n + 1 WHERE id = 1; END"
+                )
+    return tables
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+    django.setup()
+    spec = json.loads(sys.stdin.read())
+    users = _users(max(1, int(spec["users"])))
+    sets: dict[str, dict[str, Any]] = {}
+    for name, groups in spec["sets"].items():
+        sets[name] = {group: _conversations(users, int(n)) for group, n in groups.items()}
+    # The long conversations belong to a user of their own: their many recent turns
+    # would count against the per-user send rate limit of the chatting users.
+    reader = _users(1, prefix="reader-")[0]
+    long = _long(reader["id"], [int(n) for n in spec.get("long", [])])
+    counted = _sqlite_write_counter() if spec.get("count_writes") else []
+    out = {"users": users, "reader": reader, "sets": sets, "long": long, "counted_tables": counted}
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
