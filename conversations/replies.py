@@ -191,14 +191,22 @@ class ReplyRunner:
         )
 
     async def _finish(self, outcome: ReplyOutcome) -> None:
+        """Record the final state first, whatever the channel layer does; then tell pages."""
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
-        await self._flush()
+        try:
+            await self._flush()
+        except Exception:
+            logger.exception("final_flush_failed turn=%s", self.turn_id)
         turn = await database_sync_to_async(reply_finish)(turn_id=self.turn_id, outcome=outcome)
         if turn is None:
             # Someone else ended it (another process, or a sweep): show what is stored.
             turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
-        await reply_broadcast_final(turn)
+        try:
+            await reply_broadcast_final(turn)
+        except Exception:
+            # The state is stored: pages show it on their next load or reconnect.
+            logger.exception("final_broadcast_failed turn=%s", self.turn_id)
 
     async def _broadcast_state(self) -> None:
         self.turn.state = Turn.State.STREAMING

@@ -25,7 +25,10 @@ logger = logging.getLogger("conversations.supervision")
 
 async def replies_sweep_once() -> int:
     """Mark stale replies interrupted and tell their open pages."""
-    swept = await database_sync_to_async(reply_sweep_stale)(stale_after=settings.CHAT_STALE_AFTER)
+    alive = [runner.turn_id for runner in replies_running()]
+    swept = await database_sync_to_async(reply_sweep_stale)(
+        stale_after=settings.CHAT_STALE_AFTER, alive=alive
+    )
     for turn in swept:
         logger.warning("reply_interrupted turn=%s conversation=%s", turn.pk, turn.conversation_id)
         try:

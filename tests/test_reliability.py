@@ -177,3 +177,15 @@ async def test_database_writes_are_bounded_by_duration_not_tokens(
     reply = (await get_turns(conversation))[1]
     assert reply.content.count(" ") == tokens
     await communicator.disconnect()
+
+
+async def test_sweep_spares_replies_this_process_is_still_running(conversation, fake_provider):
+    # Under heavy load a live reply's heartbeat can be late; it is not dead.
+    fake_provider.script = [ResponseStarted(), TextDelta("alive"), Pause(30), Finished()]
+    _, reply = await database_sync_to_async(message_send)(conversation=conversation, text="go")
+    runner = await reply_launch(turn=reply)
+    await wait_state(reply.pk, {"streaming"})
+    await database_sync_to_async(make_stale)(reply.pk, 60)
+    assert await replies_sweep_once() == 0
+    runner.stop()
+    assert (await wait_state(reply.pk, {"cancelled"})).content == "alive"

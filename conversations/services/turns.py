@@ -1,5 +1,6 @@
 """Turns: storing a message, and the one place that moves a reply between states."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -313,14 +314,16 @@ def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> Edit
 INTERRUPTED_MESSAGE = "The server stopped while writing this reply."
 
 
-def reply_sweep_stale(*, stale_after: float) -> list[Turn]:
-    """Mark replies whose process died (stale heartbeat) `interrupted`, keeping their text."""
+def reply_sweep_stale(*, stale_after: float, alive: Iterable[int] = ()) -> list[Turn]:
+    """Mark replies whose process died (stale heartbeat) `interrupted`, keeping their text.
+
+    `alive`: replies this process is running; late heartbeats under load are not death.
+    """
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    candidates = Turn.objects.filter(stale, state__in=Turn.ACTIVE_STATES).exclude(pk__in=alive)
     swept = []
-    for turn_id in Turn.objects.filter(stale, state__in=Turn.ACTIVE_STATES).values_list(
-        "pk", flat=True
-    ):
+    for turn_id in candidates.values_list("pk", flat=True):
         with transaction.atomic():
             if Turn.objects.filter(stale, pk=turn_id, state__in=Turn.ACTIVE_STATES).update(
                 state=Turn.State.INTERRUPTED,
