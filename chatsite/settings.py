@@ -144,19 +144,10 @@ REDIS_URL = os.environ.get("REDIS_URL", "").strip()
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # Every streamed piece is a Redis call: allow a connection per busy
-            # chat rather than redis-py's default pool of 100.
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "max_connections": env_int("REDIS_MAX_CONNECTIONS", 1000),
-                    }
-                ],
-                "capacity": 1500,
-                "expiry": 30,
-            },
+            # Pub/sub: a group send is one PUBLISH, not a Lua script per member, and
+            # nothing piles up in lists for sockets that went away.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
 else:
@@ -305,7 +296,7 @@ CHAT_RETRY_MAX_DELAY = env_float("CHAT_RETRY_MAX_DELAY", 8.0)
 
 # Streaming: how often text is written to the database and flushed to sockets.
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 0.5)
-CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.03)
+CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.1)
 # A running reply writes a heartbeat this often; one silent for CHAT_STALE_AFTER
 # seconds belongs to a dead process and is marked interrupted by the sweep.
 CHAT_HEARTBEAT_INTERVAL = env_float("CHAT_HEARTBEAT_INTERVAL", 2.0)
