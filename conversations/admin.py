@@ -231,12 +231,8 @@ class FeedbackInboxAdmin(ReviewPermissions, admin.ModelAdmin):
         return text[:80] + ("…" if len(text) > 80 else "")
 
 
-class ReviewAccessAdmin(admin.ModelAdmin):
-    """The record of every look: readable by superusers, changed by no one."""
-
-    list_display = ("opened_at", "reviewer", "conversation", "reason")
-    list_filter = ("opened_at",)
-    search_fields = ("reviewer__username", "reason", "conversation__title")
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records no one may add, change or delete in the admin."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -246,6 +242,14 @@ class ReviewAccessAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReviewAccessAdmin(ReadOnlyAdmin):
+    """The record of every look: readable by superusers, changed by no one."""
+
+    list_display = ("opened_at", "reviewer", "conversation", "reason")
+    list_filter = ("opened_at",)
+    search_fields = ("reviewer__username", "reason", "conversation__title")
 
 
 class MembershipInline(admin.TabularInline):
@@ -266,22 +270,13 @@ class UserBudgetAdmin(admin.ModelAdmin):
     search_fields = ("user__username",)
 
 
-class SpendAdmin(admin.ModelAdmin):
+class SpendAdmin(ReadOnlyAdmin):
     """The ledger: read-only, so spend cannot be edited away."""
 
     list_display = ("created_at", "user", "team", "model", "input_tokens", "output_tokens",
                     "cost_usd", "estimated")  # fmt: skip
     list_filter = ("model", "team", "estimated")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _report_scope(user: Any) -> QuerySet[Spend]:

@@ -184,12 +184,17 @@ def start_live_server(tmp_path: Path, extra_env: dict[str, str]) -> LiveServer:
         f"U.objects.create_user(username='alice', password='{PASSWORD}'); "
         f"U.objects.create_user(username='mallory', password='{PASSWORD}')"
     )
+    prepare_database(env, setup)
+    return LiveServer(port, var_dir, env, tmp_path / "daphne.log").start()
+
+
+def prepare_database(env: dict[str, str], setup: str) -> None:
+    """Migrate, collect static files and run `setup` (Python) against env's database."""
     for args in (["migrate", "--noinput"], ["collectstatic", "--noinput"], ["shell", "-c", setup]):
         subprocess.run(
             [sys.executable, "manage.py", *args, "-v", "0"],
-            cwd=ROOT, env=env, check=True, timeout=120, capture_output=True,
+            cwd=ROOT, env=env, check=True, timeout=180, capture_output=True,
         )  # fmt: skip
-    return LiveServer(port, var_dir, env, tmp_path / "daphne.log").start()
 
 
 @pytest.fixture

@@ -6,15 +6,13 @@ Skipped, with the reason, where PostgreSQL or Redis is not reachable.
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from tests.chat_client import ChatSocket, create_conversation
-from tests.conftest import PASSWORD, ROOT, SONNET, LiveServer, free_port
+from tests.conftest import PASSWORD, SONNET, LiveServer, free_port, prepare_database
 from tests.emulator import Behaviour, GatewayEmulator
 
 pytestmark = pytest.mark.live
@@ -83,11 +81,7 @@ def servers(database, emu, tmp_path_factory) -> Iterator[tuple[LiveServer, LiveS
         f"U.objects.create_user(username='alice', password='{PASSWORD}'); "
         f"U.objects.create_user(username='spender', password='{PASSWORD}')"
     )
-    for args in (["migrate", "--noinput"], ["collectstatic", "--noinput"], ["shell", "-c", setup]):
-        subprocess.run(
-            [sys.executable, "manage.py", *args, "-v", "0"],
-            cwd=ROOT, env=base_env, check=True, timeout=180, capture_output=True,
-        )  # fmt: skip
+    prepare_database(base_env, setup)
     pair = []
     for name in ("a", "b"):
         port = free_port()
@@ -146,6 +140,7 @@ def test_stop_from_the_other_process(servers, emu, database) -> None:
         async with ChatSocket(a, client, conversation_id) as sender:
             await sender.send(message="a long one")
             await sender.until(r"beforeend:#turn-")
+            await asyncio.sleep(0.3)  # a few pieces in
             async with ChatSocket(b, client, conversation_id) as other:
                 await other.send(action="stop")
                 await other.until_final(timeout=10)
