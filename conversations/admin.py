@@ -25,7 +25,14 @@ from .models import (
     Turn,
     UserBudget,
 )
-from .review import conversations_as_jsonl, may_review, review_record, reviewable_by
+from .review import (
+    EVERYTHING,
+    conversations_as_jsonl,
+    may_review,
+    review_record,
+    review_scope,
+    reviewable_by,
+)
 
 
 class ReviewPermissions:
@@ -280,12 +287,12 @@ class SpendAdmin(ReadOnlyAdmin):
 
 
 def _report_scope(user: Any) -> QuerySet[Spend]:
-    if user.is_superuser or user.has_perm("conversations.review_conversation"):
-        return Spend.objects.all()
-    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
-    if membership is None:
+    scope = review_scope(user)
+    if scope is None:
         return Spend.objects.none()
-    return Spend.objects.filter(team_id=membership.team_id)
+    if scope == EVERYTHING:
+        return Spend.objects.all()
+    return Spend.objects.filter(team_id=scope)
 
 
 def _parse_day(value: str | None, default: date) -> date:

@@ -10,28 +10,32 @@ from django.db.models import QuerySet
 from .models import Conversation, Membership, ReviewAccess, Turn
 from .usage import reply_cost
 
+EVERYTHING = "everything"
+
+
+def review_scope(user: Any) -> str | int | None:
+    """What a person may review: `EVERYTHING` (superusers and holders of the `review`
+    permission), their team's id (team admins), or None (anyone else)."""
+    if not (user.is_authenticated and user.is_active):
+        return None
+    if user.is_superuser or user.has_perm("conversations.review_conversation"):
+        return EVERYTHING
+    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
+    return membership.team_id if membership else None
+
 
 def reviewable_by(user: Any) -> QuerySet[Conversation]:
-    """Everything for superusers and holders of the `review` permission, their team's
-    conversations for team admins, nothing for anyone else."""
-    if not (user.is_authenticated and user.is_active):
+    """The conversations `user` may review, per `review_scope`."""
+    scope = review_scope(user)
+    if scope is None:
         return Conversation.objects.none()
-    if user.is_superuser or user.has_perm("conversations.review_conversation"):
+    if scope == EVERYTHING:
         return Conversation.objects.all()
-    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
-    if membership is None:
-        return Conversation.objects.none()
-    return Conversation.objects.filter(owner__membership__team_id=membership.team_id)
+    return Conversation.objects.filter(owner__membership__team_id=scope)
 
 
 def may_review(user: Any) -> bool:
-    if not (user.is_authenticated and user.is_active):
-        return False
-    return (
-        user.is_superuser
-        or user.has_perm("conversations.review_conversation")
-        or Membership.objects.filter(user=user, role=Membership.Role.ADMIN).exists()
-    )
+    return review_scope(user) is not None
 
 
 def review_record(*, reviewer: Any, conversation: Conversation, reason: str = "") -> ReviewAccess:

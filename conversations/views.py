@@ -143,17 +143,11 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     if conversation is None:
         raise Http404("No such conversation.")
     read_only = conversation.owner_id != request.user.pk
-    limit = settings.CHAT_VISIBLE_TURNS
-    turns = turns_recent(conversation=conversation, limit=limit + 1)
-    has_earlier = len(turns) > limit
-    turns = turns[-limit:]
-    active = next((t for t in turns if t.is_active), None)
+    window = _turn_window(conversation)
     context = {
         "conversation": conversation,
-        "turns": turns,
-        "has_earlier": has_earlier,
-        "earliest_position": turns[0].position if turns else 0,
-        "active_turn": active,
+        **window,
+        "active_turn": next((t for t in window["turns"] if t.is_active), None),
         "read_only": read_only,
         "settings_form": None if read_only else _settings_form(conversation),
         "models": _models_context(request.user),
@@ -179,21 +173,32 @@ def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID)
         before = int(request.GET.get("before", ""))
     except ValueError:
         return HttpResponse("Give `before` as a turn position.", status=400)
-    limit = settings.CHAT_VISIBLE_TURNS
-    turns = turns_before(conversation=conversation, position=before, limit=limit + 1)
-    has_earlier = len(turns) > limit
-    turns = turns[-limit:]
     return render(
         request,
         "conversations/partials/turns_earlier.html",
         {
             "conversation": conversation,
-            "turns": turns,
-            "has_earlier": has_earlier,
-            "earliest_position": turns[0].position if turns else before,
+            **_turn_window(conversation, before=before),
             "read_only": conversation.owner_id != request.user.pk,
         },
     )
+
+
+def _turn_window(conversation: Conversation, *, before: int | None = None) -> dict[str, Any]:
+    """The latest `CHAT_VISIBLE_TURNS` turns (before a position, for "load earlier"),
+    whether there are earlier ones, and where the window starts."""
+    limit = settings.CHAT_VISIBLE_TURNS
+    if before is None:
+        turns = turns_recent(conversation=conversation, limit=limit + 1)
+    else:
+        turns = turns_before(conversation=conversation, position=before, limit=limit + 1)
+    has_earlier = len(turns) > limit
+    turns = turns[-limit:]
+    return {
+        "turns": turns,
+        "has_earlier": has_earlier,
+        "earliest_position": turns[0].position if turns else (before or 0),
+    }
 
 
 def _settings_form(conversation: Conversation) -> ConversationSettingsForm:
