@@ -1,7 +1,11 @@
 """The chat socket: authenticate, parse a frame, call a service, send fragments."""
 
+import asyncio
 import html
 import json
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -11,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
 from .budgets import budget_warnings
+from .gateway import ChatRequest
 from .models import Conversation, Turn
 from .replies import (
     control_group,
@@ -20,7 +25,14 @@ from .replies import (
     reply_launch,
 )
 from .selectors import conversation_get_for, turn_active
-from .services import SendRefused, message_edit, message_send, reply_retry, reply_stop_request
+from .services import (
+    SendRefused,
+    message_edit,
+    message_send,
+    reply_prepare,
+    reply_retry,
+    reply_stop_request,
+)
 
 
 def error_fragment(message: str) -> str:
@@ -40,6 +52,25 @@ def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
         f'<div id="turn-{turn_id}-text" class="turn-text streaming" hx-swap-oob="{swap}">'
         f"{html.escape(text, quote=False)}</div>"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    result: Any  # what the service returned
+    reply: Turn  # started: streaming, unless it was ended elsewhere first
+    request: ChatRequest | None
+    warnings: list[str]
+
+
+def _begin_reply(
+    service: Callable[..., Any], reply_of: Callable[[Any], Turn], owner_id: int, kwargs: Any
+) -> Begun:
+    """In one visit to the database thread: store, start the reply, build its
+    upstream request, read the owner's budget warnings."""
+    result = service(**kwargs)
+    reply = reply_of(result)
+    request = reply_prepare(turn=reply)
+    return Begun(result, reply, request, budget_warnings(user_id=owner_id))
 
 
 def _is_id(value: Any) -> bool:
@@ -116,57 +147,80 @@ class ChatConsumer(AsyncWebsocketConsumer):
         else:
             await self.send(text_data=error_fragment("Unknown action."))
 
-    async def _call(self, service: Any, **kwargs: Any) -> Any:
-        """Run a service; a refusal becomes an error fragment for this socket only."""
+    async def _begin(
+        self, service: Callable[..., Any], reply_of: Callable[[Any], Turn], **kwargs: Any
+    ) -> Begun | None:
+        """Run a service that makes a reply; a refusal becomes an error fragment for
+        this socket only."""
         try:
-            return await database_sync_to_async(service)(**kwargs)
+            return await database_sync_to_async(_begin_reply)(
+                service, reply_of, self.conversation.owner_id, kwargs
+            )
         except SendRefused as exc:
             await self.send(text_data=error_fragment(exc.message))
         except ValidationError as exc:
             await self.send(text_data=error_fragment(" ".join(exc.messages)))
         return None
 
-    async def _broadcast_start(self, html: str, reply: Turn) -> None:
-        """Show every open page the new turns, acknowledge this one, start the reply."""
-        await self.channel_layer.group_send(
-            self.group,
-            {"type": "turn.created", "html": html + render_reply_controls(active_turn=reply)},
-        )
-        warnings = await database_sync_to_async(budget_warnings)(user_id=self.conversation.owner_id)
-        await self.send(text_data=ack_fragment(warnings))
-        await reply_launch(turn=reply)
+    async def _broadcast_start(self, html: str, begun: Begun) -> None:
+        """Start the reply, show every open page the new turns, acknowledge this one.
+
+        The upstream request goes out first; the reply's first text waits until
+        the pages have been sent its turn (`announced`).
+        """
+        runner = await reply_launch(turn=begun.reply, request=begun.request)
+        try:
+            await asyncio.sleep(0)  # let the runner send the upstream request now
+            await self.channel_layer.group_send(
+                self.group,
+                {
+                    "type": "turn.created",
+                    "html": html + render_reply_controls(active_turn=begun.reply),
+                },
+            )
+        finally:
+            runner.announced.set()
+        await self.send(text_data=ack_fragment(begun.warnings))
 
     async def _send_message(self, text: Any) -> None:
         if not isinstance(text, str):
             await self.send(text_data=error_fragment("Type a message first."))
             return
-        sent = await self._call(message_send, conversation=self.conversation, text=text)
-        if sent is None:
+        begun = await self._begin(
+            message_send, operator.itemgetter(1), conversation=self.conversation, text=text
+        )
+        if begun is None:
             return
-        user_turn, reply = sent
         html = render_to_string(
             "conversations/partials/turns_append.html",
-            {"turns": [user_turn, reply], "conversation": self.conversation},
+            {"turns": list(begun.result), "conversation": self.conversation},
         )
-        await self._broadcast_start(html, reply)
+        await self._broadcast_start(html, begun)
 
     async def _retry(self, turn_id: Any) -> None:
         if not _is_id(turn_id):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
-        reply = await self._call(reply_retry, conversation=self.conversation, turn_id=int(turn_id))
-        if reply is not None:
-            await self._broadcast_start(render_turn(reply, oob=True), reply)
+        begun = await self._begin(
+            reply_retry, lambda reply: reply, conversation=self.conversation, turn_id=int(turn_id)
+        )
+        if begun is not None:
+            await self._broadcast_start(render_turn(begun.reply, oob=True), begun)
 
     async def _edit(self, turn_id: Any, text: Any) -> None:
         if not _is_id(turn_id) or not isinstance(text, str):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
-        edited = await self._call(
-            message_edit, conversation=self.conversation, turn_id=int(turn_id), text=text
+        begun = await self._begin(
+            message_edit,
+            operator.attrgetter("reply"),
+            conversation=self.conversation,
+            turn_id=int(turn_id),
+            text=text,
         )
-        if edited is None:
+        if begun is None:
             return
+        edited = begun.result
         removed = "".join(
             f'<article id="turn-{pk}" hx-swap-oob="delete"></article>' for pk in edited.removed
         )
@@ -178,7 +232,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 {"turns": [edited.reply], "conversation": self.conversation},
             )
         )
-        await self._broadcast_start(html, edited.reply)
+        await self._broadcast_start(html, begun)
 
     async def _stop(self) -> None:
         # Both paths, so Stop works whichever process runs the reply: the channel

@@ -10,6 +10,7 @@ records the final state exactly once.
 import asyncio
 import logging
 import uuid
+import weakref
 from contextlib import aclosing
 from typing import Any
 
@@ -18,7 +19,15 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
-from .gateway import Provider, ReplyError, ResponseStarted, TextDelta, Usage, provider_for
+from .gateway import (
+    ChatRequest,
+    Provider,
+    ReplyError,
+    ResponseStarted,
+    TextDelta,
+    Usage,
+    provider_for,
+)
 from .gateway.events import Finished
 from .models import Turn
 from .services import (
@@ -27,7 +36,7 @@ from .services import (
     reply_finish,
     reply_request,
     reply_start,
-    turn_checkpoint,
+    turn_checkpoints,
 )
 
 logger = logging.getLogger("conversations.replies")
@@ -45,6 +54,59 @@ def control_group(conversation_id: uuid.UUID | str) -> str:
     return f"reply-control.{conversation_id}"
 
 
+class CheckpointBatcher:
+    """Every checkpoint due in this process goes to the database in one visit.
+
+    While one batch is being written, the next collects; so a hundred replies
+    streaming at once cost a few transactions a second, not a few hundred.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[int, tuple[str | None, asyncio.Future[bool]]] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    def save(self, turn_id: int, content: str | None) -> asyncio.Future[bool]:
+        """Resolves to `turn_checkpoint`'s answer for this reply."""
+        future: asyncio.Future[bool] = self._loop.create_future()
+        earlier = self._due.get(turn_id)
+        if earlier is not None:  # a newer text supersedes one not yet written
+            content = earlier[0] if content is None else content
+            earlier[1].cancel()
+        self._due[turn_id] = (content, future)
+        if self._writer is None or self._writer.done():
+            self._writer = self._loop.create_task(self._write())
+        return future
+
+    async def _write(self) -> None:
+        while self._due:
+            batch, self._due = self._due, {}
+            contents = {turn_id: content for turn_id, (content, _) in batch.items()}
+            try:
+                saved = await database_sync_to_async(turn_checkpoints)(contents=contents)
+            except Exception as exc:
+                logger.exception("checkpoint_failed replies=%d", len(batch))
+                for _, future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for turn_id, (_, future) in batch.items():
+                if not future.done():
+                    future.set_result(turn_id in saved)
+
+
+_batchers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CheckpointBatcher]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _checkpoints_for(loop: asyncio.AbstractEventLoop) -> CheckpointBatcher:
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = CheckpointBatcher(loop)
+    return batcher
+
+
 def render_turn(turn: Turn, *, oob: bool) -> str:
     return render_to_string("conversations/partials/turn.html", {"turn": turn, "oob": oob})
 
@@ -56,8 +118,23 @@ def render_reply_controls(*, active_turn: Turn | None) -> str:
 
 
 class ReplyRunner:
-    def __init__(self, *, turn: Turn, provider: Provider | None = None) -> None:
+    """Runs one reply.
+
+    With `request` the reply was already started (pending → streaming) and its
+    upstream request built by whoever launched it, who then shows the pages the
+    new turns and sets `announced`: the runner's first message to the group
+    waits for that, so pages always see the turn before its text. Without,
+    the runner starts the reply and announces it itself.
+    """
+
+    def __init__(
+        self, *, turn: Turn, provider: Provider | None = None, request: ChatRequest | None = None
+    ) -> None:
         self.turn_id = turn.pk
+        self.request = request
+        self.announced = asyncio.Event()
+        if request is None:
+            self.announced.set()
         self.conversation_id = turn.conversation_id
         self.turn = turn
         self.provider = provider or provider_for(turn.model)
@@ -130,11 +207,13 @@ class ReplyRunner:
             await self.layer.group_discard(control_group(self.conversation_id), self._control)
 
     async def _stream(self) -> ReplyOutcome:
-        if not await database_sync_to_async(reply_start)(turn_id=self.turn_id):
-            return self._outcome(Turn.State.CANCELLED)
+        request = self.request
+        if request is None:
+            if not await database_sync_to_async(reply_start)(turn_id=self.turn_id):
+                return self._outcome(Turn.State.CANCELLED)
+            await self._broadcast_state()
+            request = await database_sync_to_async(reply_request)(turn=self.turn)
         self._last_checkpoint = self._loop.time()
-        await self._broadcast_state()
-        request = await database_sync_to_async(reply_request)(turn=self.turn)
         async with aclosing(self.provider.stream(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
@@ -203,6 +282,7 @@ class ReplyRunner:
             # Someone else ended it (another process, or a sweep): show what is stored.
             turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
         try:
+            await self.announced.wait()
             await reply_broadcast_final(turn)
         except Exception:
             # The state is stored: pages show it on their next load or reconnect.
@@ -240,9 +320,7 @@ class ReplyRunner:
         self._checkpoint = self._loop.create_task(self._save_checkpoint(content))
 
     async def _save_checkpoint(self, content: str | None) -> bool:
-        saved: bool = await database_sync_to_async(turn_checkpoint)(
-            turn_id=self.turn_id, content=content
-        )
+        saved = await _checkpoints_for(self._loop).save(self.turn_id, content)
         if not saved:
             # Stop was pressed in a page of another process, or the reply was ended
             # elsewhere: either way this runner stops, keeping its text.
@@ -273,6 +351,8 @@ class ReplyRunner:
             self._last_flush = self._loop.time()
             if self.sent >= self.length:
                 return
+            if not self.announced.is_set():
+                await self.announced.wait()
             start = self.sent
             piece = self.text[start:]
             self.sent = self.length
@@ -311,9 +391,11 @@ def replies_running() -> list[ReplyRunner]:
     return list(_running.values())
 
 
-async def reply_launch(*, turn: Turn, provider: Provider | None = None) -> ReplyRunner:
-    """Start writing a reply in its own task on the running loop."""
-    runner = ReplyRunner(turn=turn, provider=provider)
+async def reply_launch(
+    *, turn: Turn, provider: Provider | None = None, request: ChatRequest | None = None
+) -> ReplyRunner:
+    """Start writing a reply in its own task on the running loop (see `ReplyRunner`)."""
+    runner = ReplyRunner(turn=turn, provider=provider, request=request)
     await runner.start()
     return runner
 

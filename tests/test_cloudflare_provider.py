@@ -1,6 +1,7 @@
 """The Cloudflare provider over real httpx against the gateway emulator."""
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -263,3 +264,77 @@ def test_finished_streams_give_their_connection_back_for_the_next_reply(emulator
 
     assert asyncio.run(two_replies()) == [expected_reply(emulator)] * 2
     assert emulator.connection_count == 1  # no second TCP (and, upstream, TLS) handshake
+
+
+def test_concurrent_replies_each_get_a_connection_and_the_next_burst_reuses_them(
+    emulator,
+) -> None:
+    from conversations.gateway.cloudflare import shared_client
+
+    emulator.default = Behaviour(first_token_delay=0.05, token_delay=0.005)
+    provider = provider_for(emulator)
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(asyncio.create_task(_text(provider)) for _ in range(30)))
+
+    async def two_bursts() -> tuple[list[str], int, int]:
+        first = await burst()
+        second = await burst()
+        transport = shared_client(connect_timeout=5)._transport
+        return first + second, transport.busy, transport.idle  # type: ignore[attr-defined]
+
+    texts, busy, idle = asyncio.run(two_bursts())
+    assert texts == [expected_reply(emulator)] * 60
+    assert emulator.connection_count == 30  # the second burst opened none
+    assert (busy, idle) == (0, 30)
+
+
+def test_a_reply_abandoned_mid_stream_frees_its_connection_slot(emulator) -> None:
+    from conversations.gateway.cloudflare import shared_client
+
+    emulator.default = Behaviour(token_delay=0.01)
+    provider = provider_for(emulator)
+
+    async def abandon() -> tuple[int, int]:
+        async with contextlib.aclosing(provider.stream(request())) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    break
+        transport = shared_client(connect_timeout=5)._transport
+        return transport.busy, transport.idle  # type: ignore[attr-defined]
+
+    busy, idle = asyncio.run(abandon())
+    assert busy == 0  # the connection mid-reply is not reused; its slot is free
+    assert idle <= 1
+
+
+def test_at_most_max_idle_connections_are_kept(emulator) -> None:
+    import httpx
+
+    from conversations.gateway.pool import ConnectionListTransport
+
+    emulator.default = Behaviour(first_token_delay=0.05)
+    url = provider_for(emulator).url_for(SONNET)
+
+    async def run() -> tuple[int, int]:
+        transport = ConnectionListTransport(max_idle=3)
+        async with httpx.AsyncClient(transport=transport) as client:
+
+            async def one() -> int:
+                response = await client.post(
+                    url,
+                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10},
+                    headers=provider_for(emulator).headers_for(request()),
+                )
+                return response.status_code
+
+            statuses = await asyncio.gather(*(one() for _ in range(8)))
+            assert statuses == [200] * 8
+            return transport.busy, transport.idle
+
+    assert asyncio.run(run()) == (0, 3)
+    assert emulator.connection_count == 8
+
+
+async def _text(provider: CloudflareProvider) -> str:
+    return text_of([e async for e in provider.stream(request())])

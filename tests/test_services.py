@@ -22,6 +22,7 @@ from conversations.services import (
     reply_finish,
     reply_start,
     turn_checkpoint,
+    turn_checkpoints,
 )
 from tests.conftest import SONNET
 
@@ -111,6 +112,33 @@ def test_second_send_while_reply_is_active_is_refused(conversation) -> None:
     with pytest.raises(ReplyInProgress):
         message_send(conversation=conversation, text="second")
     assert list(Turn.objects.values_list("content", flat=True)) == ["first", ""]
+
+
+def test_one_checkpoint_batch_saves_live_replies_and_names_the_ones_to_stop(
+    user, fake_provider
+) -> None:
+    from conversations.services import reply_stop_request
+
+    replies = []
+    for n in range(4):
+        chat = conversation_create(owner=user, model=SONNET, title=f"chat {n}")
+        _, reply = message_send(conversation=chat, text="hi")
+        replies.append(reply)
+    live, beat_only, stopped, pending = replies
+    for reply in (live, beat_only, stopped):
+        assert reply_start(turn_id=reply.pk)
+    reply_stop_request(conversation_id=stopped.conversation_id)
+
+    saved = turn_checkpoints(
+        contents={live.pk: "Hel", beat_only.pk: None, stopped.pk: "x", pending.pk: "y"}
+    )
+
+    assert saved == {live.pk, beat_only.pk}
+    stored = {t.pk: t for t in Turn.objects.filter(pk__in=[r.pk for r in replies])}
+    assert stored[live.pk].content == "Hel"
+    assert stored[stopped.pk].content == "" and stored[pending.pk].content == ""
+    assert stored[beat_only.pk].heartbeat_at > stored[beat_only.pk].started_at
+    assert turn_checkpoints(contents={beat_only.pk: None, stopped.pk: None}) == {beat_only.pk}
 
 
 def test_reply_moves_through_states_once(conversation) -> None:

@@ -1,6 +1,7 @@
 """Cloudflare Workers AI / AI Gateway: the only place an HTTP request leaves the building.
 
-One shared `httpx.AsyncClient` per process (per event loop). Every response
+One shared `httpx.AsyncClient` per process (per event loop), over a transport
+whose connection reuse costs the same with 1 or 1,000 replies open. Every response
 shape in the gateway notes is accepted; failures become `ReplyError` events.
 Retries happen only before the first token.
 """
@@ -22,6 +23,7 @@ import httpx
 from django.conf import settings
 
 from .events import ChatRequest, Event, Finished, ReplyError, ResponseStarted, TextDelta, Usage
+from .pool import ConnectionListTransport
 from .sse import SSEDecoder, SSEEvent
 
 logger = logging.getLogger("conversations.gateway")
@@ -40,7 +42,7 @@ def shared_client(*, connect_timeout: float) -> httpx.AsyncClient:
     if client is None or client.is_closed:
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            transport=ConnectionListTransport(max_idle=200),
             follow_redirects=False,
         )
         _clients[loop] = client

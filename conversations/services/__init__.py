@@ -21,12 +21,14 @@ from .turns import (
     message_edit,
     message_send,
     reply_finish,
+    reply_prepare,
     reply_request,
     reply_retry,
     reply_start,
     reply_stop_request,
     reply_sweep_stale,
     turn_checkpoint,
+    turn_checkpoints,
 )
 
 __all__ = [
@@ -51,10 +53,12 @@ __all__ = [
     "preset_may_delete",
     "preset_settings",
     "reply_finish",
+    "reply_prepare",
     "reply_request",
     "reply_retry",
     "reply_start",
     "reply_stop_request",
     "reply_sweep_stale",
     "turn_checkpoint",
+    "turn_checkpoints",
 ]

@@ -197,20 +197,47 @@ def reply_start(*, turn_id: int) -> bool:
     )
 
 
+def reply_prepare(*, turn: Turn) -> ChatRequest | None:
+    """Start a pending reply and build its upstream request, in one database visit.
+
+    `turn` then shows the reply as streaming. None when it was ended elsewhere first.
+    """
+    if not reply_start(turn_id=turn.pk):
+        return None
+    turn.state = Turn.State.STREAMING
+    return reply_request(turn=turn)
+
+
 def turn_checkpoint(*, turn_id: int, content: str | None) -> bool:
     """Save the text so far (None: only the heartbeat).
 
     False when the reply should stop: it was ended elsewhere, or Stop was pressed
     in a page served by another process.
     """
-    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
-    if content is not None:
-        fields["content"] = content
-    return bool(
-        Turn.objects.filter(
-            pk=turn_id, state=Turn.State.STREAMING, stop_requested_at__isnull=True
-        ).update(**fields)
-    )
+    return turn_id in turn_checkpoints(contents={turn_id: content})
+
+
+def turn_checkpoints(*, contents: dict[int, str | None]) -> set[int]:
+    """`turn_checkpoint` for many replies in one transaction; returns the ones saved.
+
+    Heartbeat-only checkpoints share one statement.
+    """
+    now = timezone.now()
+    live = Turn.objects.filter(state=Turn.State.STREAMING, stop_requested_at__isnull=True)
+    saved: set[int] = set()
+    beats = [turn_id for turn_id, content in contents.items() if content is None]
+    with transaction.atomic():
+        for turn_id, content in contents.items():
+            if content is not None and live.filter(pk=turn_id).update(
+                content=content, heartbeat_at=now
+            ):
+                saved.add(turn_id)
+        if beats:
+            if live.filter(pk__in=beats).update(heartbeat_at=now) == len(beats):
+                saved.update(beats)
+            else:
+                saved.update(live.filter(pk__in=beats).values_list("pk", flat=True))
+    return saved
 
 
 def reply_stop_request(*, conversation_id: Any) -> Turn | None:
