@@ -64,8 +64,21 @@ def _active_replies(scope: Q) -> QuerySet[Turn]:
     return Turn.objects.filter(scope, role=Turn.Role.ASSISTANT, state__in=Turn.ACTIVE_STATES)
 
 
-def allowances_for(*, user_id: int, lock: bool = False) -> list[Allowance]:
-    """The budgets that apply to a person: their own and their team's, if set."""
+_LOOK_UP: Any = object()
+
+
+def membership_of(user_id: int) -> Membership | None:
+    """A person's team membership, with its team, read once per request."""
+    return Membership.objects.filter(user_id=user_id).select_related("team").first()
+
+
+def allowances_for(
+    *, user_id: int, lock: bool = False, membership: Membership | None = _LOOK_UP
+) -> list[Allowance]:
+    """The budgets that apply to a person: their own and their team's, if set.
+
+    `membership`: the person's, when the caller already read it (`membership_of`).
+    """
     allowances = []
     budgets = UserBudget.objects.filter(user_id=user_id)
     if lock:
@@ -75,7 +88,8 @@ def allowances_for(*, user_id: int, lock: bool = False) -> list[Allowance]:
         spent = _spent(Spend.objects.filter(user_id=user_id))
         held = _held(_active_replies(Q(conversation__owner_id=user_id)))
         allowances.append(Allowance("Your budget", own.monthly_budget_usd, spent, held))
-    membership = Membership.objects.filter(user_id=user_id).select_related("team").first()
+    if membership is _LOOK_UP:
+        membership = membership_of(user_id)
     if membership is not None and membership.team.monthly_budget_usd is not None:
         team = membership.team
         if lock:
@@ -102,13 +116,13 @@ class BudgetExceeded(Exception):
         self.message = message
 
 
-def budget_hold(*, user_id: int, cost: Decimal) -> None:
+def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = _LOOK_UP) -> None:
     """Refuse, with a clear message, a reply that could take a budget past its limit.
 
     Call inside the transaction that stores the reply: it locks the budget rows,
     so concurrent sends are checked one after another.
     """
-    for allowance in allowances_for(user_id=user_id, lock=True):
+    for allowance in allowances_for(user_id=user_id, lock=True, membership=membership):
         if allowance.used + cost > allowance.budget:
             if allowance.left <= 0:
                 raise BudgetExceeded(
@@ -121,17 +135,18 @@ def budget_hold(*, user_id: int, cost: Decimal) -> None:
             )
 
 
-def budget_warnings(*, user_id: int) -> list[str]:
+def budget_warnings(*, user_id: int, membership: Membership | None = _LOOK_UP) -> list[str]:
     return [
         f"{a.label}: {a.percent}% used (${a.used:.2f} of ${a.budget:.2f} this month)."
-        for a in allowances_for(user_id=user_id)
+        for a in allowances_for(user_id=user_id, membership=membership)
         if a.budget and a.used >= a.budget * WARN_FRACTION
     ]
 
 
-def model_allowed_for(*, user: Any, model: str) -> bool:
+def model_allowed_for(*, user: Any, model: str, membership: Membership | None = _LOOK_UP) -> bool:
     """Whether the person's team may use `model` (no team, or an empty list: all)."""
-    membership = Membership.objects.filter(user_id=user.pk).select_related("team").first()
+    if membership is _LOOK_UP:
+        membership = membership_of(user.pk)
     if membership is None or not membership.team.allowed_models:
         return True
     return model in membership.team.allowed_models

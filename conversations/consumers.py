@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
-from .budgets import budget_warnings
+from .budgets import budget_warnings, membership_of
 from .gateway import ChatRequest
 from .models import Conversation, Turn
 from .replies import (
@@ -70,7 +70,8 @@ def _begin_reply(
     result = service(**kwargs)
     reply = reply_of(result)
     request = reply_prepare(turn=reply)
-    return Begun(result, reply, request, budget_warnings(user_id=owner_id))
+    warnings = budget_warnings(user_id=owner_id, membership=membership_of(owner_id))
+    return Begun(result, reply, request, warnings)
 
 
 def _is_id(value: Any) -> bool:

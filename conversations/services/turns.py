@@ -15,12 +15,13 @@ from django.utils import timezone
 from ..budgets import (
     BudgetExceeded,
     budget_hold,
+    membership_of,
     model_allowed_for,
     reply_worst_cost,
     spend_record,
 )
 from ..gateway import ChatRequest, model_available
-from ..models import Conversation, Turn
+from ..models import Conversation, Membership, Turn
 from ..selectors import reply_history
 
 TITLE_LENGTH = 60
@@ -65,39 +66,57 @@ def _check_message_text(text: Any) -> None:
         )
 
 
-def _lock_idle(conversation: Conversation) -> Conversation:
+def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversation:
     """Inside a transaction: lock the conversation (its row on PostgreSQL; SQLite's
-    IMMEDIATE mode locks the file) and refuse while a reply is being written."""
+    IMMEDIATE mode locks the file) and refuse while a reply is being written.
+
+    `check=False` when the transaction only adds turns: the one-active-reply
+    constraint then refuses the new reply, and the whole transaction with it.
+    """
     locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-    if Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
+    if check and Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
         raise ReplyInProgress
     return locked
 
 
-def _check_can_send(conversation: Conversation) -> None:
+def _check_can_send(conversation: Conversation, membership: Membership | None) -> None:
     """Checks before anything is stored: the model, the person's team, the send rate."""
     if not model_available(conversation.model):
         raise ValidationError({"model": "This conversation's model is not configured here."})
-    if not model_allowed_for(user=conversation.owner, model=conversation.model):
+    if not model_allowed_for(
+        user=conversation.owner, model=conversation.model, membership=membership
+    ):
         raise ValidationError({"model": "Your team may not use this model. Pick another one."})
     _check_send_rate(conversation.owner_id)
 
 
-def _hold_budget(locked: Conversation, *, before_position: int, new_text: str = "") -> Any:
-    """Inside the storing transaction: hold the reply's worst-case cost, or refuse."""
-    history = (
-        Turn.objects.filter(conversation=locked, position__lt=before_position).aggregate(
-            chars=Sum(Length("content"))
-        )["chars"]
-        or 0
-    )
+def _hold_budget(
+    locked: Conversation,
+    *,
+    membership: Membership | None,
+    before_position: int = 0,
+    history_chars: int | None = None,
+    new_text: str = "",
+) -> Any:
+    """Inside the storing transaction: hold the reply's worst-case cost, or refuse.
+
+    The prompt so far is the turns before `before_position` (or `history_chars`
+    characters, when the caller already summed them).
+    """
+    if history_chars is None:
+        history_chars = (
+            Turn.objects.filter(conversation=locked, position__lt=before_position).aggregate(
+                chars=Sum(Length("content"))
+            )["chars"]
+            or 0
+        )
     cost = reply_worst_cost(
         model=locked.model,
         max_tokens=locked.max_tokens,
-        prompt_chars=history + len(locked.system_prompt) + len(new_text),
+        prompt_chars=history_chars + len(locked.system_prompt) + len(new_text),
     )
     try:
-        budget_hold(user_id=locked.owner_id, cost=cost)
+        budget_hold(user_id=locked.owner_id, cost=cost, membership=membership)
     except BudgetExceeded as exc:
         raise OverBudget(exc.message) from exc
     return cost
@@ -139,12 +158,16 @@ def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
     is not available, or a reply is already being written.
     """
     _check_message_text(text)
-    _check_can_send(conversation)
+    membership = membership_of(conversation.owner_id)
+    _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
-            locked = _lock_idle(conversation)
-            last = locked.turns.aggregate(last=Max("position"))["last"] or 0
-            held = _hold_budget(locked, before_position=last + 1, new_text=text)
+            locked = _lock_idle(conversation, check=False)
+            so_far = locked.turns.aggregate(last=Max("position"), chars=Sum(Length("content")))
+            last = so_far["last"] or 0
+            held = _hold_budget(
+                locked, membership=membership, history_chars=so_far["chars"] or 0, new_text=text
+            )
             user_turn = Turn.objects.create(
                 conversation=locked,
                 position=last + 1,
@@ -280,7 +303,8 @@ def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
 
     Only the last turn, an assistant reply that has ended.
     """
-    _check_can_send(conversation)
+    membership = membership_of(conversation.owner_id)
+    _check_can_send(conversation, membership)
     ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
     try:
         with transaction.atomic():
@@ -290,7 +314,7 @@ def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
                 raise NotRetryable
             if last.state not in ended:
                 raise NotRetryable
-            held = _hold_budget(locked, before_position=last.position)
+            held = _hold_budget(locked, membership=membership, before_position=last.position)
             if not _reset_reply(locked, turn_id, ended, held):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
@@ -309,7 +333,8 @@ class EditResult:
 def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> EditResult:
     """Change one of the user's messages and resend it: every later turn is replaced."""
     _check_message_text(text)
-    _check_can_send(conversation)
+    membership = membership_of(conversation.owner_id)
+    _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation)
@@ -323,7 +348,9 @@ def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> Edit
             later.delete()
             user_turn.content = text
             user_turn.save(update_fields=["content"])
-            held = _hold_budget(locked, before_position=user_turn.position + 1)
+            held = _hold_budget(
+                locked, membership=membership, before_position=user_turn.position + 1
+            )
             reply = Turn.objects.create(
                 conversation=locked,
                 position=user_turn.position + 1,
