@@ -64,7 +64,7 @@ def _active_replies(scope: Q) -> QuerySet[Turn]:
     return Turn.objects.filter(scope, role=Turn.Role.ASSISTANT, state__in=Turn.ACTIVE_STATES)
 
 
-_LOOK_UP: Any = object()
+LOOK_UP: Any = object()
 
 
 def membership_of(user_id: int) -> Membership | None:
@@ -73,7 +73,7 @@ def membership_of(user_id: int) -> Membership | None:
 
 
 def allowances_for(
-    *, user_id: int, lock: bool = False, membership: Membership | None = _LOOK_UP
+    *, user_id: int, lock: bool = False, membership: Membership | None = LOOK_UP
 ) -> list[Allowance]:
     """The budgets that apply to a person: their own and their team's, if set.
 
@@ -88,7 +88,7 @@ def allowances_for(
         spent = _spent(Spend.objects.filter(user_id=user_id))
         held = _held(_active_replies(Q(conversation__owner_id=user_id)))
         allowances.append(Allowance("Your budget", own.monthly_budget_usd, spent, held))
-    if membership is _LOOK_UP:
+    if membership is LOOK_UP:
         membership = membership_of(user_id)
     if membership is not None and membership.team.monthly_budget_usd is not None:
         team = membership.team
@@ -116,7 +116,7 @@ class BudgetExceeded(Exception):
         self.message = message
 
 
-def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = _LOOK_UP) -> None:
+def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = LOOK_UP) -> None:
     """Refuse, with a clear message, a reply that could take a budget past its limit.
 
     Call inside the transaction that stores the reply: it locks the budget rows,
@@ -135,7 +135,7 @@ def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = 
             )
 
 
-def budget_warnings(*, user_id: int, membership: Membership | None = _LOOK_UP) -> list[str]:
+def budget_warnings(*, user_id: int, membership: Membership | None = LOOK_UP) -> list[str]:
     return [
         f"{a.label}: {a.percent}% used (${a.used:.2f} of ${a.budget:.2f} this month)."
         for a in allowances_for(user_id=user_id, membership=membership)
@@ -143,9 +143,9 @@ def budget_warnings(*, user_id: int, membership: Membership | None = _LOOK_UP) -
     ]
 
 
-def model_allowed_for(*, user: Any, model: str, membership: Membership | None = _LOOK_UP) -> bool:
+def model_allowed_for(*, user: Any, model: str, membership: Membership | None = LOOK_UP) -> bool:
     """Whether the person's team may use `model` (no team, or an empty list: all)."""
-    if membership is _LOOK_UP:
+    if membership is LOOK_UP:
         membership = membership_of(user.pk)
     if membership is None or not membership.team.allowed_models:
         return True

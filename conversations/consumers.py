@@ -67,10 +67,11 @@ def _begin_reply(
 ) -> Begun:
     """In one visit to the database thread: store, start the reply, build its
     upstream request, read the owner's budget warnings."""
-    result = service(**kwargs)
+    membership = membership_of(owner_id)  # read once for the checks, the hold and the warnings
+    result = service(membership=membership, **kwargs)
     reply = reply_of(result)
     request = reply_prepare(turn=reply)
-    warnings = budget_warnings(user_id=owner_id, membership=membership_of(owner_id))
+    warnings = budget_warnings(user_id=owner_id, membership=membership)
     return Begun(result, reply, request, warnings)
 
 

@@ -13,6 +13,7 @@ from django.db.models.functions import Length
 from django.utils import timezone
 
 from ..budgets import (
+    LOOK_UP,
     BudgetExceeded,
     budget_hold,
     membership_of,
@@ -151,14 +152,19 @@ def _title_from(text: str) -> str:
     return cut + "…"
 
 
-def message_send(*, conversation: Conversation, text: str) -> tuple[Turn, Turn]:
+def message_send(
+    *, conversation: Conversation, text: str, membership: Membership | None = LOOK_UP
+) -> tuple[Turn, Turn]:
     """Store the user's message, then a pending reply that records the settings it uses.
 
     Refused, with nothing stored, when the text is empty or too long, the model
-    is not available, or a reply is already being written.
+    is not available, or a reply is already being written. `membership`: the
+    owner's (`membership_of`), when the caller has read it already; so for
+    `reply_retry` and `message_edit`.
     """
     _check_message_text(text)
-    membership = membership_of(conversation.owner_id)
+    if membership is LOOK_UP:
+        membership = membership_of(conversation.owner_id)
     _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
@@ -243,23 +249,27 @@ def turn_checkpoint(*, turn_id: int, content: str | None) -> bool:
 def turn_checkpoints(*, contents: dict[int, str | None]) -> set[int]:
     """`turn_checkpoint` for many replies in one transaction; returns the ones saved.
 
-    Heartbeat-only checkpoints share one statement.
+    Three statements whatever the number of replies: lock the live ones, write
+    every text in one UPDATE, every heartbeat in another.
     """
     now = timezone.now()
-    live = Turn.objects.filter(state=Turn.State.STREAMING, stop_requested_at__isnull=True)
-    saved: set[int] = set()
-    beats = [turn_id for turn_id, content in contents.items() if content is None]
     with transaction.atomic():
-        for turn_id, content in contents.items():
-            if content is not None and live.filter(pk=turn_id).update(
-                content=content, heartbeat_at=now
-            ):
-                saved.add(turn_id)
-        if beats:
-            if live.filter(pk__in=beats).update(heartbeat_at=now) == len(beats):
-                saved.update(beats)
-            else:
-                saved.update(live.filter(pk__in=beats).values_list("pk", flat=True))
+        saved = set(
+            Turn.objects.select_for_update()
+            .filter(
+                pk__in=list(contents), state=Turn.State.STREAMING, stop_requested_at__isnull=True
+            )
+            .values_list("pk", flat=True)
+        )
+        texts = [
+            Turn(pk=turn_id, content=content)
+            for turn_id, content in contents.items()
+            if content is not None and turn_id in saved
+        ]
+        if texts:
+            Turn.objects.bulk_update(texts, ["content"])
+        if saved:
+            Turn.objects.filter(pk__in=list(saved)).update(heartbeat_at=now)
     return saved
 
 
@@ -298,12 +308,15 @@ def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...], he
     )
 
 
-def reply_retry(*, conversation: Conversation, turn_id: int) -> Turn:
+def reply_retry(
+    *, conversation: Conversation, turn_id: int, membership: Membership | None = LOOK_UP
+) -> Turn:
     """Write the last reply again (Retry, or Regenerate), with the current settings.
 
     Only the last turn, an assistant reply that has ended.
     """
-    membership = membership_of(conversation.owner_id)
+    if membership is LOOK_UP:
+        membership = membership_of(conversation.owner_id)
     _check_can_send(conversation, membership)
     ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
     try:
@@ -330,10 +343,17 @@ class EditResult:
     removed: list[int]
 
 
-def message_edit(*, conversation: Conversation, turn_id: int, text: str) -> EditResult:
+def message_edit(
+    *,
+    conversation: Conversation,
+    turn_id: int,
+    text: str,
+    membership: Membership | None = LOOK_UP,
+) -> EditResult:
     """Change one of the user's messages and resend it: every later turn is replaced."""
     _check_message_text(text)
-    membership = membership_of(conversation.owner_id)
+    if membership is LOOK_UP:
+        membership = membership_of(conversation.owner_id)
     _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
