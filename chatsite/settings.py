@@ -146,7 +146,7 @@ if REDIS_URL:
         "default": {
             # Pub/sub: a group send is one PUBLISH, not a Lua script per member, and
             # nothing piles up in lists for sockets that went away.
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "chatsite.layers.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }

@@ -23,6 +23,8 @@ from .replies import (
     render_reply_controls,
     render_turn,
     reply_launch,
+    reply_not_starting,
+    reply_starting,
 )
 from .selectors import conversation_get_for, turn_active
 from .services import (
@@ -70,8 +72,13 @@ def _begin_reply(
     membership = membership_of(owner_id)  # read once for the checks, the hold and the warnings
     result = service(membership=membership, **kwargs)
     reply = reply_of(result)
-    request = reply_prepare(turn=reply)
-    warnings = budget_warnings(user_id=owner_id, membership=membership)
+    reply_starting(reply.pk)
+    try:
+        request = reply_prepare(turn=reply)
+        warnings = budget_warnings(user_id=owner_id, membership=membership)
+    except BaseException:
+        reply_not_starting(reply.pk)
+        raise
     return Begun(result, reply, request, warnings)
 
 
@@ -170,7 +177,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         The upstream request goes out first; the reply's first text waits until
         the pages have been sent its turn (`announced`).
         """
-        runner = await reply_launch(turn=begun.reply, request=begun.request)
+        try:
+            runner = await reply_launch(turn=begun.reply, request=begun.request)
+        finally:
+            reply_not_starting(begun.reply.pk)
         try:
             await asyncio.sleep(0)  # let the runner send the upstream request now
             await self.channel_layer.group_send(

@@ -144,9 +144,25 @@ _MD.add_render_rule("code_block", _render_code_block)
 _MD.add_render_rule("image", _render_image)
 
 
+# Rendering is pure, so the HTML of recent texts is kept: reopening a conversation, or
+# another page on it, costs a look-up per reply instead of Markdown, Pygments and nh3.
+# Worst case: 256 texts of up to 16,000 characters and their HTML, some 16 MB.
+RENDER_CACHE_SIZE = 256
+RENDER_CACHE_MAX_CHARS = 16_000
+
+
 def render_markdown(text: str) -> str:
     """Markdown → sanitised HTML (a str safe to mark_safe)."""
+    if len(text) > RENDER_CACHE_MAX_CHARS:
+        return _render_markdown(text)
+    return _render_markdown_cached(text)
+
+
+def _render_markdown(text: str) -> str:
     return _CLEANER.clean(_MD.render(text, {"highlight_budget": _HIGHLIGHT_BUDGET}))
+
+
+_render_markdown_cached = lru_cache(maxsize=RENDER_CACHE_SIZE)(_render_markdown)
 
 
 def render_plain(text: str) -> str:

@@ -42,6 +42,9 @@ from .services import (
 logger = logging.getLogger("conversations.replies")
 
 _running: dict[int, "ReplyRunner"] = {}
+# Replies this process has started in the database whose runner is not registered
+# yet (written from the database thread, read by the sweep there).
+_starting: set[int] = set()
 
 
 def conversation_group(conversation_id: uuid.UUID | str) -> str:
@@ -176,6 +179,7 @@ class ReplyRunner:
         await self.layer.group_add(control_group(self.conversation_id), self._control)
         self.task = self._loop.create_task(self.run(), name=f"reply-{self.turn_id}")
         _running[self.turn_id] = self
+        _starting.discard(self.turn_id)
         self.task.add_done_callback(lambda _: _running.pop(self.turn_id, None))
         return self.task
 
@@ -389,6 +393,22 @@ async def reply_broadcast_final(turn: Turn) -> None:
 
 def replies_running() -> list[ReplyRunner]:
     return list(_running.values())
+
+
+def reply_starting(turn_id: int) -> None:
+    """This process is about to run the reply (call before `reply_start`): no sweep
+    here takes it for a dead process's reply while its runner is being launched."""
+    _starting.add(turn_id)
+
+
+def reply_not_starting(turn_id: int) -> None:
+    """The launch did not happen after all."""
+    _starting.discard(turn_id)
+
+
+def replies_alive() -> set[int]:
+    """Every reply this process is running or launching; safe from any thread."""
+    return set(_running) | set(_starting)
 
 
 async def reply_launch(

@@ -17,7 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from .replies import replies_running, reply_broadcast_final
+from .replies import replies_alive, replies_running, reply_broadcast_final
 from .services import reply_sweep_stale
 
 logger = logging.getLogger("conversations.supervision")
@@ -25,10 +25,13 @@ logger = logging.getLogger("conversations.supervision")
 
 async def replies_sweep_once() -> int:
     """Mark stale replies interrupted and tell their open pages."""
-    alive = [runner.turn_id for runner in replies_running()]
-    swept = await database_sync_to_async(reply_sweep_stale)(
-        stale_after=settings.CHAT_STALE_AFTER, alive=alive
-    )
+
+    def sweep() -> list[Any]:
+        # Which replies live here is read in the database thread, just before the
+        # query: under load this call may wait there for seconds behind others.
+        return reply_sweep_stale(stale_after=settings.CHAT_STALE_AFTER, alive=replies_alive())
+
+    swept = await database_sync_to_async(sweep)()
     for turn in swept:
         logger.warning("reply_interrupted turn=%s conversation=%s", turn.pk, turn.conversation_id)
         try:

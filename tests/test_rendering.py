@@ -184,3 +184,18 @@ def test_render_plain_escapes_only() -> None:
     assert render_plain("<b>") == "&lt;b&gt;"
     assert render_plain("a & b\n**not bold**") == "a &amp; b\n**not bold**"
     assert render_plain("") == ""
+
+
+def test_a_text_rendered_again_comes_from_memory_and_long_texts_are_not_kept() -> None:
+    from conversations import rendering
+
+    text = "# Again\n\n```python\nprint('hi')\n```\n"
+    first = render_markdown(text)
+    hits = rendering._render_markdown_cached.cache_info().hits
+    assert render_markdown(text) == first
+    assert rendering._render_markdown_cached.cache_info().hits == hits + 1
+
+    long_text = "word " * (rendering.RENDER_CACHE_MAX_CHARS // 5 + 1)
+    size = rendering._render_markdown_cached.cache_info().currsize
+    assert render_markdown(long_text).startswith("<p>word word")
+    assert rendering._render_markdown_cached.cache_info().currsize == size

@@ -249,8 +249,9 @@ def turn_checkpoint(*, turn_id: int, content: str | None) -> bool:
 def turn_checkpoints(*, contents: dict[int, str | None]) -> set[int]:
     """`turn_checkpoint` for many replies in one transaction; returns the ones saved.
 
-    Three statements whatever the number of replies: lock the live ones, write
-    every text in one UPDATE, every heartbeat in another.
+    At most three statements whatever the number of replies, each row written
+    once: lock the live ones, write the new texts (with their heartbeats) in one
+    UPDATE, the heartbeats of the others in another.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -262,14 +263,15 @@ def turn_checkpoints(*, contents: dict[int, str | None]) -> set[int]:
             .values_list("pk", flat=True)
         )
         texts = [
-            Turn(pk=turn_id, content=content)
+            Turn(pk=turn_id, content=content, heartbeat_at=now)
             for turn_id, content in contents.items()
             if content is not None and turn_id in saved
         ]
         if texts:
-            Turn.objects.bulk_update(texts, ["content"])
-        if saved:
-            Turn.objects.filter(pk__in=list(saved)).update(heartbeat_at=now)
+            Turn.objects.bulk_update(texts, ["content", "heartbeat_at"])
+        beats = saved.difference(turn.pk for turn in texts)
+        if beats:
+            Turn.objects.filter(pk__in=list(beats)).update(heartbeat_at=now)
     return saved
 
 
