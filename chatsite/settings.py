@@ -297,6 +297,10 @@ CHAT_RETRY_MAX_DELAY = env_float("CHAT_RETRY_MAX_DELAY", 8.0)
 # Streaming: how often text is written to the database and flushed to sockets.
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 0.5)
 CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.1)
+# All replies of one process together send at most this many pieces a second: with
+# more than CHAT_PIECES_PER_SECOND times CHAT_FLUSH_INTERVAL replies running, the interval
+# grows (500 replies: a piece every 0.5 s each).
+CHAT_PIECES_PER_SECOND = env_float("CHAT_PIECES_PER_SECOND", 1000.0)
 # A running reply writes a heartbeat this often; one silent for CHAT_STALE_AFTER
 # seconds belongs to a dead process and is marked interrupted by the sweep.
 CHAT_HEARTBEAT_INTERVAL = env_float("CHAT_HEARTBEAT_INTERVAL", 2.0)

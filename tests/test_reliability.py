@@ -211,3 +211,14 @@ async def test_sweep_spares_replies_this_process_is_launching(conversation):
     finally:
         reply_not_starting(reply.pk)
     assert await replies_sweep_once() == 1  # nobody runs it: now it is a dead one
+
+
+def test_pieces_come_less_often_when_one_process_runs_many_replies(monkeypatch, settings):
+    from conversations import replies
+
+    settings.CHAT_FLUSH_INTERVAL = 0.1
+    settings.CHAT_PIECES_PER_SECOND = 1000
+    monkeypatch.setattr(replies, "_running", dict.fromkeys(range(50)))
+    assert replies.flush_interval() == 0.1
+    monkeypatch.setattr(replies, "_running", dict.fromkeys(range(500)))
+    assert replies.flush_interval() == 0.5
