@@ -207,7 +207,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=error_fragment("Type a message first."))
             return
         begun = await self._begin(
-            message_send, operator.itemgetter(1), conversation=self.conversation, text=text
+            message_send,
+            operator.itemgetter(1),
+            conversation=self.conversation,
+            text=text,
+            start=True,
         )
         if begun is None:
             return

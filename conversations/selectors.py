@@ -1,6 +1,7 @@
 """Reads, always scoped to the person asking."""
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -131,6 +132,11 @@ def reply_history(*, turn: Turn) -> list[dict[str, str]]:
         .order_by("position")
         .values_list("role", "content")
     )
+    return history_messages(rows)
+
+
+def history_messages(rows: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """`reply_history`'s messages from (role, content) rows, oldest first."""
     messages: list[dict[str, str]] = []
     for role, content in rows:
         if not content:

@@ -201,3 +201,25 @@ def test_recent_turns_are_the_latest_in_order(conversation) -> None:
         "q2",
         "a2",
     ]
+
+
+def test_a_send_started_at_once_is_stored_streaming_with_its_request_ready(
+    conversation, django_assert_num_queries
+) -> None:
+    from conversations.services import reply_prepare
+
+    message_send(conversation=conversation, text="first")
+    Turn.objects.filter(role="assistant").update(state="complete", content="one")
+    user_turn, reply = message_send(conversation=conversation, text="second", start=True)
+
+    stored = Turn.objects.get(pk=reply.pk)
+    assert stored.state == "streaming" and stored.heartbeat_at is not None
+    assert (user_turn.position, reply.position) == (3, 4)
+    with django_assert_num_queries(0):
+        request = reply_prepare(turn=reply)
+    assert request is not None
+    assert request.messages == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "one"},
+        {"role": "user", "content": "second"},
+    ]

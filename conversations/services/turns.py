@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q, Sum
+from django.db.models import Q, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -23,7 +23,7 @@ from ..budgets import (
 )
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Membership, Turn
-from ..selectors import reply_history
+from ..selectors import history_messages, reply_history
 
 TITLE_LENGTH = 60
 
@@ -153,14 +153,20 @@ def _title_from(text: str) -> str:
 
 
 def message_send(
-    *, conversation: Conversation, text: str, membership: Membership | None = LOOK_UP
+    *,
+    conversation: Conversation,
+    text: str,
+    membership: Membership | None = LOOK_UP,
+    start: bool = False,
 ) -> tuple[Turn, Turn]:
     """Store the user's message, then a pending reply that records the settings it uses.
 
     Refused, with nothing stored, when the text is empty or too long, the model
     is not available, or a reply is already being written. `membership`: the
     owner's (`membership_of`), when the caller has read it already; so for
-    `reply_retry` and `message_edit`.
+    `reply_retry` and `message_edit`. `start=True`: the caller runs the reply at
+    once, so it is stored already streaming and carries the history read here;
+    `reply_prepare` then needs no statement of its own.
     """
     _check_message_text(text)
     if membership is LOOK_UP:
@@ -169,26 +175,38 @@ def message_send(
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation, check=False)
-            so_far = locked.turns.aggregate(last=Max("position"), chars=Sum(Length("content")))
-            last = so_far["last"] or 0
-            held = _hold_budget(
-                locked, membership=membership, history_chars=so_far["chars"] or 0, new_text=text
+            rows = list(
+                locked.turns.order_by("position").values_list("position", "role", "content")
             )
-            user_turn = Turn.objects.create(
+            last = rows[-1][0] if rows else 0
+            held = _hold_budget(
+                locked,
+                membership=membership,
+                history_chars=sum(len(content) for _, _, content in rows),
+                new_text=text,
+            )
+            now = timezone.now()
+            user_turn = Turn(
                 conversation=locked,
                 position=last + 1,
                 role=Turn.Role.USER,
                 content=text,
                 state=Turn.State.COMPLETE,
             )
-            reply = Turn.objects.create(
+            started: dict[str, Any] = (
+                {"state": Turn.State.STREAMING, "started_at": now, "heartbeat_at": now}
+                if start
+                else {"state": Turn.State.PENDING}
+            )
+            reply = Turn(
                 conversation=locked,
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
-                state=Turn.State.PENDING,
                 cost_reserved=held,
+                **started,
                 **_settings_snapshot(locked),
             )
+            Turn.objects.bulk_create([user_turn, reply])
             update = ["updated_at"]
             if not locked.title:
                 locked.title = _title_from(text)
@@ -198,7 +216,15 @@ def message_send(
         # Two sends raced: the one-active-reply constraint let only one through.
         raise ReplyInProgress from exc
     conversation.title, conversation.updated_at = locked.title, locked.updated_at
+    reply.prepared_history = history_messages(  # type: ignore[attr-defined]
+        [(role, content) for _, role, content in rows] + [(Turn.Role.USER, text)]
+    )
     return user_turn, reply
+
+
+def _history_of(turn: Turn) -> list[dict[str, str]]:
+    prepared: list[dict[str, str]] | None = getattr(turn, "prepared_history", None)
+    return prepared if prepared is not None else reply_history(turn=turn)
 
 
 def reply_request(*, turn: Turn) -> ChatRequest:
@@ -206,7 +232,7 @@ def reply_request(*, turn: Turn) -> ChatRequest:
     assert turn.max_tokens is not None
     return ChatRequest(
         model=turn.model,
-        messages=reply_history(turn=turn),
+        messages=_history_of(turn),
         system=turn.system_prompt,
         temperature=turn.temperature,
         top_p=turn.top_p,
@@ -227,13 +253,16 @@ def reply_start(*, turn_id: int) -> bool:
 
 
 def reply_prepare(*, turn: Turn) -> ChatRequest | None:
-    """Start a pending reply and build its upstream request, in one database visit.
+    """Start a reply (unless it was stored streaming) and build its upstream request.
 
     `turn` then shows the reply as streaming. None when it was ended elsewhere first.
     """
-    if not reply_start(turn_id=turn.pk):
+    if turn.state == Turn.State.PENDING:
+        if not reply_start(turn_id=turn.pk):
+            return None
+        turn.state = Turn.State.STREAMING
+    elif turn.state != Turn.State.STREAMING:
         return None
-    turn.state = Turn.State.STREAMING
     return reply_request(turn=turn)
 
 
