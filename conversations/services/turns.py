@@ -217,7 +217,7 @@ def message_send(
         raise ReplyInProgress from exc
     conversation.title, conversation.updated_at = locked.title, locked.updated_at
     reply.prepared_history = history_messages(  # type: ignore[attr-defined]
-        [(role, content) for _, role, content in rows] + [(Turn.Role.USER, text)]
+        [(role, content) for _, role, content in rows] + [(Turn.Role.USER.value, text)]
     )
     return user_turn, reply
 
