@@ -123,8 +123,8 @@ def render_reply_controls(*, active_turn: Turn | None) -> str:
 class ReplyRunner:
     """Runs one reply.
 
-    With `request` the reply was already started (pending → streaming) and its
-    upstream request built by whoever launched it, who then shows the pages the
+    With `request` the reply is already streaming in the database and its
+    upstream request was built by whoever launched it, who then shows the pages the
     new turns and sets `announced`: the runner's first message to the group
     waits for that, so pages always see the turn before its text. Without,
     the runner starts the reply and announces it itself.
@@ -408,8 +408,9 @@ def replies_running() -> list[ReplyRunner]:
 
 
 def reply_starting(turn_id: int) -> None:
-    """This process is about to run the reply (call before `reply_start`): no sweep
-    here takes it for a dead process's reply while its runner is being launched."""
+    """This process is about to run the reply (call in the database-thread visit that
+    starts it): no sweep here takes it for a dead process's reply while its runner
+    is being launched."""
     _starting.add(turn_id)
 
 
