@@ -80,8 +80,13 @@ def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversatio
     return locked
 
 
-def _check_can_send(conversation: Conversation, membership: Membership | None) -> None:
-    """Checks before anything is stored: the model, the person's team, the send rate."""
+def _check_can_send(conversation: Conversation, membership: Membership | None) -> Membership | None:
+    """Checks before anything is stored: the model, the person's team, the send rate.
+
+    Returns the owner's membership (read here unless the caller passed it).
+    """
+    if membership is LOOK_UP:
+        membership = membership_of(conversation.owner_id)
     if not model_available(conversation.model):
         raise ValidationError({"model": "This conversation's model is not configured here."})
     if not model_allowed_for(
@@ -89,6 +94,7 @@ def _check_can_send(conversation: Conversation, membership: Membership | None) -
     ):
         raise ValidationError({"model": "Your team may not use this model. Pick another one."})
     _check_send_rate(conversation.owner_id)
+    return membership
 
 
 def _hold_budget(
@@ -169,9 +175,7 @@ def message_send(
     `reply_prepare` then needs no statement of its own.
     """
     _check_message_text(text)
-    if membership is LOOK_UP:
-        membership = membership_of(conversation.owner_id)
-    _check_can_send(conversation, membership)
+    membership = _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation, check=False)
@@ -346,9 +350,7 @@ def reply_retry(
 
     Only the last turn, an assistant reply that has ended.
     """
-    if membership is LOOK_UP:
-        membership = membership_of(conversation.owner_id)
-    _check_can_send(conversation, membership)
+    membership = _check_can_send(conversation, membership)
     ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
     try:
         with transaction.atomic():
@@ -383,9 +385,7 @@ def message_edit(
 ) -> EditResult:
     """Change one of the user's messages and resend it: every later turn is replaced."""
     _check_message_text(text)
-    if membership is LOOK_UP:
-        membership = membership_of(conversation.owner_id)
-    _check_can_send(conversation, membership)
+    membership = _check_can_send(conversation, membership)
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation)
