@@ -77,6 +77,14 @@ def _get_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Conve
     return conversation
 
 
+def _get_readable_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Conversation:
+    """The owner's conversation, or a teammate's shared with them (read-only)."""
+    conversation = conversation_readable_for(user=request.user, conversation_id=conversation_id)
+    if conversation is None:
+        raise Http404("No such conversation.")
+    return conversation
+
+
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
@@ -139,9 +147,7 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     """The chat page; a teammate's shared conversation opens read-only."""
-    conversation = conversation_readable_for(user=request.user, conversation_id=conversation_id)
-    if conversation is None:
-        raise Http404("No such conversation.")
+    conversation = _get_readable_conversation(request, conversation_id)
     read_only = conversation.owner_id != request.user.pk
     window = _turn_window(conversation)
     context = {
@@ -166,9 +172,7 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 @require_GET
 def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     """Older turns, for the "load earlier" button of a long conversation."""
-    conversation = conversation_readable_for(user=request.user, conversation_id=conversation_id)
-    if conversation is None:
-        raise Http404("No such conversation.")
+    conversation = _get_readable_conversation(request, conversation_id)
     try:
         before = int(request.GET.get("before", ""))
     except ValueError:
