@@ -69,6 +69,14 @@ def emulator() -> Iterator[GatewayEmulator]:
     server.stop_thread()
 
 
+@pytest.fixture(scope="module")
+def module_emulator() -> Iterator[GatewayEmulator]:
+    """One emulator for a whole test module (its live servers point at it)."""
+    server = GatewayEmulator().start_in_thread()
+    yield server
+    server.stop_thread()
+
+
 @pytest.fixture
 def cloudflare_settings(settings, emulator):
     """Point the in-process Cloudflare provider at the emulator."""

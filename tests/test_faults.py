@@ -32,10 +32,8 @@ FAST_FAILURES = {
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[GatewayEmulator]:
-    server = GatewayEmulator().start_in_thread()
-    yield server
-    server.stop_thread()
+def emu(module_emulator: GatewayEmulator) -> GatewayEmulator:
+    return module_emulator
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,8 @@ def reachable(host: str, port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[GatewayEmulator]:
-    server = GatewayEmulator().start_in_thread()
-    yield server
-    server.stop_thread()
+def emu(module_emulator: GatewayEmulator) -> GatewayEmulator:
+    return module_emulator
 
 
 @pytest.fixture(scope="module")
