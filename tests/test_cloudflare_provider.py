@@ -66,7 +66,7 @@ def test_every_stream_shape_gives_the_same_reply(emulator, shape, wire) -> None:
     events = collect(provider_for(emulator))
     assert text_of(events) == expected_reply(emulator)
     assert isinstance(events[0], ResponseStarted) and events[0].log_id.startswith("log-")
-    usage = next(e for e in events if isinstance(e, Usage))
+    usage = [e for e in events if isinstance(e, Usage)][-1]  # the last one counts
     assert usage.output_tokens and usage.output_tokens > 10
     assert events[-1] == Finished("end_turn")
 
@@ -338,3 +338,69 @@ def test_at_most_max_idle_connections_are_kept(emulator) -> None:
 
 async def _text(provider: CloudflareProvider) -> str:
     return text_of([e async for e in provider.stream(request())])
+
+
+def test_an_upstream_that_never_sends_headers_fails_fast_and_is_retried(
+    emulator, cloudflare_settings
+) -> None:
+    cloudflare_settings.CHAT_HEADERS_TIMEOUT = 0.3
+    cloudflare_settings.CHAT_FIRST_TOKEN_TIMEOUT = 30
+    cloudflare_settings.CHAT_RETRY_ATTEMPTS = 2
+    emulator.default = Behaviour(headers_delay=3600)  # reads the request, never answers
+    started = time.monotonic()
+    events = collect(CloudflareProvider.from_settings())
+    assert time.monotonic() - started < 3  # two short waits, not the first-token timeout
+    assert len(emulator.requests) == 2
+    assert events == [events[-1]]
+    error = events[-1]
+    assert isinstance(error, ReplyError) and error.kind == "headers_timeout"
+    assert error.retryable
+    assert error.message == "The model service did not answer."
+
+
+def test_a_slow_first_token_after_prompt_headers_is_governed_by_the_first_token_timeout(
+    emulator,
+) -> None:
+    emulator.enqueue(Behaviour(first_token_delay=1.0))
+    provider = provider_for(emulator, headers_timeout=0.3, first_token_timeout=10)
+    events = collect(provider)
+    assert len(emulator.requests) == 1
+    assert text_of(events) == expected_reply(emulator)
+    assert events[-1] == Finished("end_turn")
+
+
+@pytest.mark.parametrize(
+    ("shape", "fault"),
+    [
+        ("anthropic", {"drop_after": 3}),
+        ("anthropic", {"stall_after": 3}),
+        ("anthropic", {"unterminated": True}),
+        ("workers", {"unterminated": True}),
+        ("openai", {"unterminated": True}),
+    ],
+)
+def test_a_failed_reply_still_reports_its_input_tokens(emulator, shape, fault) -> None:
+    emulator.enqueue(Behaviour(shape=shape, input_tokens=321, **fault))
+    events = collect(provider_for(emulator, idle_timeout=0.3))
+    assert text_of(events)
+    assert isinstance(events[-1], ReplyError)
+    usages = [e for e in events if isinstance(e, Usage)]
+    assert usages and usages[-1].input_tokens == 321
+
+
+def test_input_tokens_are_known_before_the_first_text_arrives(emulator) -> None:
+    emulator.enqueue(Behaviour(input_tokens=321, token_delay=0.01))
+    provider = provider_for(emulator)
+
+    async def stop_at_first_text() -> list[Event]:
+        seen: list[Event] = []
+        async with contextlib.aclosing(provider.stream(request())) as events:
+            async for event in events:
+                seen.append(event)
+                if isinstance(event, TextDelta):
+                    break
+        return seen
+
+    seen = asyncio.run(stop_at_first_text())
+    assert isinstance(seen[-1], TextDelta)
+    assert [e.input_tokens for e in seen if isinstance(e, Usage)] == [321]

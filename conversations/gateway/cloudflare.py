@@ -131,6 +131,11 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers) -> Rep
 _FIRST_TOKEN_TIMEOUT = ReplyError(
     "The model did not start answering in time.", kind="first_token_timeout"
 )
+# Cloudflare and Anthropic send response headers at once, even when the first token
+# takes long; an upstream that has not sent them soon is not answering: try again.
+_HEADERS_TIMEOUT = ReplyError(
+    "The model service did not answer.", kind="headers_timeout", retryable=True
+)
 
 
 def _connection_error(message: str, exc: Exception) -> ReplyError:
@@ -143,13 +148,18 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 @dataclass
 class StreamInterpreter:
-    """Turns SSE events of any of the three stream shapes into typed events."""
+    """Turns SSE events of any of the three stream shapes into typed events.
+
+    A `Usage` (everything known so far) comes as soon as the token counts change, so a
+    reply that is stopped or fails mid-stream still knows its input tokens.
+    """
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     stop_reason: str = "end_turn"
     finished: bool = False
     got_text: bool = False
+    reported: Usage | None = None
 
     def handle(self, sse: SSEEvent) -> Iterator[Event]:
         data = sse.data.strip()
@@ -175,18 +185,25 @@ class StreamInterpreter:
             self.got_text = True
             yield TextDelta(text)
 
-    def _usage(self, usage: Any, input_key: str, output_key: str) -> None:
+    def _usage(self, usage: Any, input_key: str, output_key: str) -> Iterator[Event]:
         if isinstance(usage, dict):
             if isinstance(usage.get(input_key), int):
                 self.input_tokens = usage[input_key]
             if isinstance(usage.get(output_key), int):
                 self.output_tokens = usage[output_key]
+        yield from self._report()
+
+    def _report(self, *, always: bool = False) -> Iterator[Event]:
+        usage = Usage(self.input_tokens, self.output_tokens)
+        if usage != self.reported and (always or usage != Usage()):
+            self.reported = usage
+            yield usage
 
     def _finish(self) -> Iterator[Event]:
         if self.finished:
             return
         self.finished = True
-        yield Usage(self.input_tokens, self.output_tokens)
+        yield from self._report(always=True)
         yield Finished(self.stop_reason)
 
     def _anthropic(self, kind: str, payload: dict[str, Any]) -> Iterator[Event]:
@@ -195,14 +212,14 @@ class StreamInterpreter:
             if delta.get("type") in (None, "text_delta"):
                 yield from self._text(delta.get("text"))
         elif kind == "message_start":
-            usage = (payload.get("message") or {}).get("usage") or {}
-            if isinstance(usage.get("input_tokens"), int):
-                self.input_tokens = usage["input_tokens"]
+            message = payload.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            yield from self._usage(usage, "input_tokens", "output_tokens")
         elif kind == "message_delta":
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason:
                 self.stop_reason = str(reason)
-            self._usage(payload.get("usage"), "input_tokens", "output_tokens")
+            yield from self._usage(payload.get("usage"), "input_tokens", "output_tokens")
         elif kind == "message_stop":
             yield from self._finish()
         elif kind == "error":
@@ -221,7 +238,7 @@ class StreamInterpreter:
 
     def _workers(self, payload: dict[str, Any]) -> Iterator[Event]:
         yield from self._text(payload.get("response"))
-        self._usage(payload.get("usage"), "prompt_tokens", "completion_tokens")
+        yield from self._usage(payload.get("usage"), "prompt_tokens", "completion_tokens")
 
     def _openai(self, payload: dict[str, Any]) -> Iterator[Event]:
         for choice in payload.get("choices") or []:
@@ -231,7 +248,7 @@ class StreamInterpreter:
             reason = choice.get("finish_reason")
             if reason:
                 self.stop_reason = _STOP_REASONS.get(reason, str(reason))
-        self._usage(payload.get("usage"), "prompt_tokens", "completion_tokens")
+        yield from self._usage(payload.get("usage"), "prompt_tokens", "completion_tokens")
 
 
 def events_from_message(data: Any) -> list[Event]:
@@ -275,6 +292,7 @@ class CloudflareProvider:
         api_base_url: str = "https://api.cloudflare.com/client/v4",
         gateway_base_url: str = "https://gateway.ai.cloudflare.com/v1",
         connect_timeout: float = 10.0,
+        headers_timeout: float = 15.0,
         first_token_timeout: float = 60.0,
         idle_timeout: float = 30.0,
         retry_attempts: int = 4,
@@ -289,6 +307,7 @@ class CloudflareProvider:
         self.api_base_url = api_base_url.rstrip("/")
         self.gateway_base_url = gateway_base_url.rstrip("/")
         self.connect_timeout = connect_timeout
+        self.headers_timeout = headers_timeout
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.retry_attempts = max(1, retry_attempts)
@@ -309,6 +328,7 @@ class CloudflareProvider:
             api_base_url=settings.CLOUDFLARE_API_BASE_URL,
             gateway_base_url=settings.CLOUDFLARE_AI_GATEWAY_BASE_URL,
             connect_timeout=settings.CHAT_CONNECT_TIMEOUT,
+            headers_timeout=settings.CHAT_HEADERS_TIMEOUT,
             first_token_timeout=settings.CHAT_FIRST_TOKEN_TIMEOUT,
             idle_timeout=settings.CHAT_IDLE_TIMEOUT,
             retry_attempts=settings.CHAT_RETRY_ATTEMPTS,
@@ -386,6 +406,7 @@ class CloudflareProvider:
         client = shared_client(connect_timeout=self.connect_timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.first_token_timeout
+        headers_deadline = min(deadline, loop.time() + self.headers_timeout)
         http_request = client.build_request(
             "POST",
             self.url_for(request.model),
@@ -393,10 +414,10 @@ class CloudflareProvider:
             content=json.dumps(request_body(request, stream=True)).encode(),
         )
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(headers_deadline):
                 response = await client.send(http_request, stream=True)
         except TimeoutError:
-            yield _FIRST_TOKEN_TIMEOUT
+            yield _HEADERS_TIMEOUT if headers_deadline < deadline else _FIRST_TOKEN_TIMEOUT
             return
         except httpx.HTTPError as exc:
             yield _connection_error("Could not reach the model service.", exc)
