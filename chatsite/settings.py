@@ -171,8 +171,11 @@ AXES_COOLOFF_TIME = env_float("LOGIN_COOLOFF_MINUTES", 15.0) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-AXES_IPWARE_PROXY_COUNT = env_int("DJANGO_PROXY_COUNT", 0)
 AXES_VERBOSE = False
+# Reverse proxies in front of daphne (docs/deploy.md: nginx, so 1): sign-in
+# throttling counts the address the outermost of them saw (chatsite/proxies.py).
+PROXY_COUNT = env_int("DJANGO_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "chatsite.proxies.client_address"
 
 # Behind a TLS-terminating proxy (see docs/deploy.md) set these; `make run` on
 # plain http://127.0.0.1 leaves them off.
