@@ -1,19 +1,28 @@
 """The admin: conversation review (scoped, read-only, every look recorded), the feedback
-inbox, the usage report, and the team, budget and ledger records."""
+inbox, the usage report, and the team, budget and ledger records.
+
+What people wrote (titles, messages, feedback comments) appears only on a page that records
+the look; lists show metadata and are searched and filtered by metadata only."""
 
 import csv
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce, TruncDate
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from .models import (
     Conversation,
@@ -33,6 +42,7 @@ from .review import (
     review_scope,
     reviewable_by,
 )
+from .templatetags.chat import model_label
 
 
 class ReviewPermissions:
@@ -49,6 +59,23 @@ class ReviewPermissions:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class MetadataLookupsOnly:
+    """A list's address may not filter on what people wrote: that is a search by content
+    (`?title__icontains=…`), answered by the row count without any record."""
+
+    content_fields: tuple[str, ...] = ()
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        if lookup.split(LOOKUP_SEP)[0] in self.content_fields:
+            return False
+        return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
+
+
+def transcript_label(conversation: Conversation) -> str:
+    """How lists name a conversation: never by its title, which is content."""
+    return f"Transcript {conversation.pk.hex[:8]}"
 
 
 class FlaggedFilter(admin.SimpleListFilter):
@@ -118,10 +145,12 @@ def export_jsonl(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any])
     return response
 
 
-class ConversationReviewAdmin(ReviewPermissions, admin.ModelAdmin):
+class ConversationReviewAdmin(MetadataLookupsOnly, ReviewPermissions, admin.ModelAdmin):
+    """The list is metadata; the title and messages are on the transcript, which records."""
+
     list_display = (
-        "display_title", "owner", "team", "model", "turn_count", "tokens", "cost",
-        "updated_at", "flag", "errors",
+        "transcript", "owner", "team", "model_name", "turn_count", "tokens", "cost",
+        "last_activity", "flag", "errors",
     )  # fmt: skip
     list_filter = (
         "model",
@@ -131,7 +160,12 @@ class ConversationReviewAdmin(ReviewPermissions, admin.ModelAdmin):
         FlaggedFilter,
         HasErrorsFilter,
     )
-    search_fields = ("title", "turns__content", "owner__username")
+    search_fields = ("owner__username",)
+    search_help_text = (
+        "Search by owner's username. Titles and messages are read on the transcript, "
+        "where each look is recorded and shown to the owner."
+    )
+    content_fields = ("title", "system_prompt", "turns")
     actions = [export_jsonl]
     change_form_template = "admin/conversations/conversation/transcript.html"
     list_per_page = 50
@@ -150,10 +184,29 @@ class ConversationReviewAdmin(ReviewPermissions, admin.ModelAdmin):
             )
         )
 
+    @admin.display(description="conversation")
+    def transcript(self, obj: Conversation) -> str:
+        return transcript_label(obj)
+
+    def action_checkbox(self, obj: Conversation) -> SafeString:
+        # Django labels the box with str(obj), which is the title.
+        label = f"Select {transcript_label(obj)} for an action"
+        attrs = {"class": "action-select", "aria-label": label}
+        checkbox = forms.CheckboxInput(attrs, check_test=lambda value: False)
+        return checkbox.render(helpers.ACTION_CHECKBOX_NAME, str(obj.pk))
+
     @admin.display(description="team")
     def team(self, obj: Conversation) -> str:
         membership = getattr(obj.owner, "membership", None)
         return membership.team.name if membership else "—"
+
+    @admin.display(description="model", ordering="model")
+    def model_name(self, obj: Conversation) -> str:
+        return model_label(obj.model)
+
+    @admin.display(description="last activity", ordering="updated_at")
+    def last_activity(self, obj: Conversation) -> str:
+        return f"{timezone.localtime(obj.updated_at):%Y-%m-%d %H:%M}"
 
     @admin.display(description="turns", ordering="n_turns")
     def turn_count(self, obj: Any) -> int:
@@ -206,14 +259,24 @@ class ConversationReviewAdmin(ReviewPermissions, admin.ModelAdmin):
         }
         return TemplateResponse(request, self.change_form_template, context)
 
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Transcripts are never changed, and the page would be titled with the conversation's.
+        raise Http404("Transcripts have no change history.")
 
-class FeedbackInboxAdmin(ReviewPermissions, admin.ModelAdmin):
-    """Negative and unreviewed first."""
 
-    list_display = ("reply", "user", "rating_label", "comment", "status", "flag", "created_at")
+class FeedbackInboxAdmin(MetadataLookupsOnly, ReviewPermissions, admin.ModelAdmin):
+    """Negative and unreviewed first. The list shows ratings; a comment and the reply it is
+    about are read on the feedback's own page, which records the look."""
+
+    list_display = ("created_at", "user", "rating_label", "has_comment", "status", "flag",
+                    "conversation")  # fmt: skip
     list_editable = ("status", "flag")
     list_filter = ("status", "rating", "flag")
-    search_fields = ("comment", "turn__content", "user__username")
+    search_fields = ("user__username",)
+    search_help_text = "Search by username. Comments are read on each feedback's own page."
+    content_fields = ("comment", "reviewer_note", "turn")
     fields = ("reply", "user", "rating_label", "comment", "status", "flag", "reviewer_note")
     readonly_fields = ("reply", "user", "rating_label", "comment")
 
@@ -232,10 +295,34 @@ class FeedbackInboxAdmin(ReviewPermissions, admin.ModelAdmin):
     def rating_label(self, obj: Feedback) -> str:
         return "👍 up" if obj.rating > 0 else "👎 down"
 
+    @admin.display(description="comment", boolean=True)
+    def has_comment(self, obj: Feedback) -> bool:
+        return bool(obj.comment)
+
+    @admin.display(description="conversation")
+    def conversation(self, obj: Feedback) -> str:
+        url = reverse("admin:conversations_conversation_change", args=[obj.turn.conversation_id])
+        return format_html('<a href="{}">{}</a>', url, transcript_label(obj.turn.conversation))
+
     @admin.display(description="reply")
     def reply(self, obj: Feedback) -> str:
         text = obj.turn.content
         return text[:80] + ("…" if len(text) > 80 else "")
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if response.status_code == 200:  # the page, with the comment and reply, was shown
+            feedback = self.get_object(request, unquote(object_id))
+            if feedback is not None:
+                review_record(reviewer=request.user, conversation=feedback.turn.conversation,
+                              reason="feedback")  # fmt: skip
+        return response
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -254,9 +341,22 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class ReviewAccessAdmin(ReadOnlyAdmin):
     """The record of every look: readable by superusers, changed by no one."""
 
-    list_display = ("opened_at", "reviewer", "conversation", "reason")
+    list_display = ("opened_at", "reviewer", "transcript", "owner", "reason")
     list_filter = ("opened_at",)
-    search_fields = ("reviewer__username", "reason", "conversation__title")
+    search_fields = ("reviewer__username", "reason", "conversation__owner__username")
+    fields = ("opened_at", "reviewer", "transcript", "owner", "reason")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReviewAccess]:
+        return super().get_queryset(request).select_related("reviewer", "conversation__owner")
+
+    @admin.display(description="conversation")
+    def transcript(self, obj: ReviewAccess) -> str:
+        return transcript_label(obj.conversation)
+
+    @admin.display(description="owner")
+    def owner(self, obj: ReviewAccess) -> str:
+        return obj.conversation.owner.get_username()
 
 
 class MembershipInline(admin.TabularInline):
