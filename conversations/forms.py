@@ -2,6 +2,9 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.validators import ProhibitNullCharactersValidator
+
+from .text import validate_storable_text
 
 SAMPLING_CHOICES = [
     ("default", "Model default"),
@@ -12,6 +15,19 @@ SAMPLING_CHOICES = [
 
 def model_choices() -> list[tuple[str, str]]:
     return [(model_id, str(spec["label"])) for model_id, spec in settings.CHAT_MODELS.items()]
+
+
+class StorableTextField(forms.CharField):
+    """Text a person submits, under the one input rule (conversations/text.py)."""
+
+    default_validators = [validate_storable_text]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The rule already refuses NUL; Django's own check would add a second message.
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
 
 
 def sampling_of(obj: Any) -> str:
@@ -32,7 +48,7 @@ class ConversationSettingsForm(forms.Form):
     """
 
     model = forms.ChoiceField(choices=model_choices)
-    system_prompt = forms.CharField(
+    system_prompt = StorableTextField(
         required=False, widget=forms.Textarea(attrs={"rows": 3}), max_length=20_000
     )
     sampling = forms.ChoiceField(choices=SAMPLING_CHOICES, required=False)
@@ -58,6 +74,42 @@ class ConversationSettingsForm(forms.Form):
 
 
 class ConversationCreateForm(ConversationSettingsForm):
-    title = forms.CharField(required=False, max_length=200)
+    title = StorableTextField(required=False, max_length=200)
     model = forms.ChoiceField(choices=model_choices, required=False)
     max_tokens = forms.IntegerField(min_value=1, required=False)
+
+
+# The forms below check the input rule (and a rating's choice); the services say
+# what else a title, a preset name or a comment must be (not empty, how long).
+
+
+class ConversationRenameForm(forms.Form):
+    title = StorableTextField(required=False, strip=False)
+
+
+class PresetCreateForm(forms.Form):
+    name = StorableTextField(required=False, strip=False)
+    for_team = forms.BooleanField(required=False)
+
+
+class FeedbackForm(forms.Form):
+    rating = forms.TypedChoiceField(
+        choices=[("1", "Good reply"), ("-1", "Bad reply")],
+        coerce=int,
+        error_messages={
+            "required": "Rate a reply up or down.",
+            "invalid_choice": "Rate a reply up or down.",
+        },
+    )
+    comment = StorableTextField(required=False, strip=False)
+
+
+class ConversationSearchForm(forms.Form):
+    """The list page's search; a longer query is cut, not refused."""
+
+    MAX_LENGTH = 200
+
+    q = StorableTextField(required=False)
+
+    def clean_q(self) -> str:
+        return str(self.cleaned_data["q"])[: self.MAX_LENGTH]

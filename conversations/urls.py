@@ -1,6 +1,21 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from . import views
+
+
+class ExportFormatConverter:
+    """Only the formats an export comes in; any other suffix is 404 before the view."""
+
+    regex = "|".join(views.EXPORT_EXTENSIONS)
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ExportFormatConverter, "export_format")
 
 urlpatterns = [
     path("", views.conversation_list, name="conversation-list"),
@@ -41,7 +56,7 @@ urlpatterns = [
         name="conversation-share",
     ),
     path(
-        "conversations/<uuid:conversation_id>/export.<str:fmt>",
+        "conversations/<uuid:conversation_id>/export.<export_format:fmt>",
         views.conversation_export,
         name="conversation-export",
     ),

@@ -3,21 +3,33 @@
 import asyncio
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .budgets import allowances_for, model_allowed_for
-from .forms import ConversationCreateForm, ConversationSettingsForm, sampling_of
+from .forms import (
+    ConversationCreateForm,
+    ConversationRenameForm,
+    ConversationSearchForm,
+    ConversationSettingsForm,
+    FeedbackForm,
+    PresetCreateForm,
+    sampling_of,
+)
 from .gateway import model_available
 from .models import Conversation
 from .review import conversation_as_dict, conversation_as_markdown, review_record, reviewable_by
@@ -47,10 +59,19 @@ from .services import (
 )
 
 CONVERSATIONS_PER_PAGE = 25
+# The export formats and the file extension each is served with.
+EXPORT_EXTENSIONS = {"json": "json", "md": "md"}
 
 
 def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
+
+
+def _form_error(form: forms.Form) -> str:
+    """A bound form's error messages as one line; empty when the input is valid."""
+    if form.is_valid():
+        return ""
+    return " ".join(str(message) for messages in form.errors.values() for message in messages)
 
 
 def _models_context(user: Any) -> list[dict[str, object]]:
@@ -95,13 +116,22 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
 def _list_page(
     request: HttpRequest, form: ConversationCreateForm, status: int = 200
 ) -> HttpResponse:
-    query = request.GET.get("q", "")[:200]
-    conversations = conversation_search_for(user=request.user, query=query)
+    search = ConversationSearchForm(request.GET)
+    if search.is_valid():
+        query = search.cleaned_data["q"]
+        conversations: Any = conversation_search_for(user=request.user, query=query)
+        search_error = ""
+    else:
+        # A query nothing can be stored as finds nothing; say why instead.
+        query, conversations = "", []
+        search_error = _form_error(search)
+        status = 400
     page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
     membership = membership_for(user=request.user)
     context = {
         "page_obj": page,
         "query": query,
+        "search_error": search_error,
         "form": form,
         "models": _models_context(request.user),
         "presets": presets_for(user=request.user),
@@ -263,21 +293,37 @@ def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> H
 @require_POST
 def conversation_rename_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    error = ""
-    try:
-        conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
-    except ValidationError as exc:
-        error = " ".join(exc.messages)
+    form = ConversationRenameForm(request.POST)
+    error = _form_error(form)
+    if not error:
+        try:
+            conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
     if not _is_htmx(request):
         if error:
             return HttpResponse(error, status=400)
-        return redirect(request.POST.get("next") or "conversation-list")
+        return HttpResponseRedirect(_next_on_this_site(request))
     return render(
         request,
         "conversations/partials/title.html",
         {"conversation": conversation, "error": error, "link": request.POST.get("link") == "1"},
         status=400 if error else 200,
     )
+
+
+def _next_on_this_site(request: HttpRequest) -> str:
+    """The posted `next` when it is a URL on this site, else the conversation list.
+
+    Never another host or scheme (nor http from an https page), and never a URL
+    name to resolve: a bare word is not taken as a relative path either.
+    """
+    next_url = request.POST.get("next", "").strip()
+    if url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ) and (next_url.startswith("/") or urlsplit(next_url).netloc):
+        return next_url
+    return reverse("conversation-list")
 
 
 @login_required
@@ -295,19 +341,20 @@ def conversation_delete_view(request: HttpRequest, conversation_id: uuid.UUID) -
 @require_POST
 def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    try:
-        preset = preset_create_from(
-            conversation=conversation,
-            name=request.POST.get("name", ""),
-            for_team=request.POST.get("for_team") == "1",
-        )
-    except ValidationError as exc:
+    form = PresetCreateForm(request.POST)
+    error = _form_error(form)
+    if not error:
+        try:
+            preset = preset_create_from(
+                conversation=conversation,
+                name=form.cleaned_data["name"],
+                for_team=form.cleaned_data["for_team"],
+            )
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    if error:
         return _settings_panel(
-            request,
-            conversation,
-            _settings_form(conversation),
-            preset_error=" ".join(exc.messages),
-            status=400,
+            request, conversation, _settings_form(conversation), preset_error=error, status=400
         )
     return _settings_panel(
         request,
@@ -381,6 +428,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def conversation_export(request: HttpRequest, conversation_id: uuid.UUID, fmt: str) -> HttpResponse:
     """The owner's, or a reviewer's (recorded), copy as JSON or Markdown."""
+    extension = EXPORT_EXTENSIONS.get(fmt)
+    if extension is None:
+        raise Http404("No such export format.")
     conversation = conversation_get_for(user=request.user, conversation_id=conversation_id)
     if conversation is None:
         conversation = reviewable_by(request.user).filter(pk=conversation_id).first()
@@ -395,7 +445,10 @@ def conversation_export(request: HttpRequest, conversation_id: uuid.UUID, fmt: s
         response = HttpResponse(
             conversation_as_markdown(conversation), content_type="text/markdown; charset=utf-8"
         )
-    response["Content-Disposition"] = f'attachment; filename="conversation-{conversation.pk}.{fmt}"'
+    # Only the UUID and a known extension: nothing from the request reaches the header.
+    response["Content-Disposition"] = (
+        f'attachment; filename="conversation-{conversation.pk}.{extension}"'
+    )
     return response
 
 
@@ -406,16 +459,18 @@ def turn_feedback(request: HttpRequest, turn_id: int) -> HttpResponse:
     turn = turn_get_for(user=request.user, turn_id=turn_id)
     if turn is None:
         raise Http404("No such reply.")
-    error = ""
-    try:
-        feedback_give(
-            user=request.user,
-            turn=turn,
-            rating=request.POST.get("rating"),
-            comment=request.POST.get("comment", ""),
-        )
-    except ValidationError as exc:
-        error = " ".join(exc.messages)
+    form = FeedbackForm(request.POST)
+    error = _form_error(form)
+    if not error:
+        try:
+            feedback_give(
+                user=request.user,
+                turn=turn,
+                rating=form.cleaned_data["rating"],
+                comment=form.cleaned_data["comment"],
+            )
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
     return render(
         request,
         "conversations/partials/feedback.html",

@@ -7,11 +7,25 @@ from django.db import transaction
 from ..budgets import model_allowed_for
 from ..gateway import model_available
 from ..models import Conversation, Membership
+from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 SETTING_FIELDS = ("title", "model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
+TEXT_FIELDS = ("title", "system_prompt")
+
+
+def _refuse_unstorable(conversation: Conversation) -> None:
+    """The one input rule, for callers that skip the forms."""
+    errors = {
+        name: ValidationError(UNSTORABLE_MESSAGE, code="unstorable")
+        for name in TEXT_FIELDS
+        if not text_is_storable(getattr(conversation, name) or "")
+    }
+    if errors:
+        raise ValidationError(errors)
 
 
 def _validate(conversation: Conversation) -> None:
+    _refuse_unstorable(conversation)
     conversation.full_clean(exclude=["owner", "shared_with"])
     if not model_available(conversation.model):
         raise ValidationError({"model": "This model is not configured on this server."})
@@ -54,6 +68,8 @@ def conversation_update(*, conversation: Conversation, **fields: Any) -> Convers
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
     """A new title; an empty one is refused."""
     title = " ".join((title or "").split())
+    if not text_is_storable(title):
+        raise ValidationError({"title": ValidationError(UNSTORABLE_MESSAGE, code="unstorable")})
     if not title:
         raise ValidationError({"title": "A title cannot be empty."})
     if len(title) > 200:

@@ -3,6 +3,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from ..models import Feedback, Turn
+from ..text import validate_storable_text
 
 
 def feedback_give(*, user: Any, turn: Turn, rating: Any, comment: str = "") -> Feedback:
@@ -14,6 +15,7 @@ def feedback_give(*, user: Any, turn: Turn, rating: Any, comment: str = "") -> F
     if rating not in (1, -1) or turn.role != Turn.Role.ASSISTANT:
         raise ValidationError("Rate a reply up or down.")
     comment = (comment or "").strip()
+    validate_storable_text(comment)
     if len(comment) > 2000:
         raise ValidationError("Comments are at most 2,000 characters.")
     feedback, _ = Feedback.objects.update_or_create(

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from ..models import Conversation, Membership, Preset
+from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 PRESET_FIELDS = ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
 
@@ -13,6 +14,8 @@ def preset_create_from(*, conversation: Conversation, name: str, for_team: bool 
     """Save a conversation's model, system prompt and settings under a name; for the
     owner's team too when they are its admin."""
     name = (name or "").strip()
+    if not text_is_storable(name):
+        raise ValidationError({"name": ValidationError(UNSTORABLE_MESSAGE, code="unstorable")})
     if not name:
         raise ValidationError({"name": "Give the preset a name."})
     team_id = None
