@@ -6,6 +6,7 @@ cost goes into the `Spend` ledger, which edits and deletions do not touch. Sends
 check under a lock of the budget rows.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -16,10 +17,24 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from .models import Membership, Spend, Team, Turn, UserBudget
+from .selectors import reply_history
 from .usage import MILLION, reply_cost
 
 WARN_FRACTION = Decimal("0.8")
-CHARS_PER_TOKEN = 3  # a cautious estimate: real prompts average nearer 4
+# A token is at least one byte of UTF-8 (Claude's tokenizer works on bytes), so a
+# text's byte count bounds its tokens from above whatever the script: emoji and CJK
+# take 3-4 bytes a character and often a token each. Each message adds a few tokens
+# of framing (role markers); the request as a whole a few more.
+TOKENS_PER_MESSAGE = 8
+TOKENS_PER_REQUEST = 32
+
+
+def token_bound(texts: Iterable[str]) -> int:
+    """At most how many tokens the upstream can bill for these messages."""
+    count = TOKENS_PER_REQUEST
+    for text in texts:
+        count += len(text.encode("utf-8", "surrogatepass")) + TOKENS_PER_MESSAGE
+    return count
 
 
 @dataclass(frozen=True)
@@ -101,13 +116,13 @@ def allowances_for(
     return allowances
 
 
-def reply_worst_cost(*, model: str, max_tokens: int, prompt_chars: int) -> Decimal:
+def reply_worst_cost(*, model: str, max_tokens: int, prompt_tokens: int) -> Decimal:
+    """The most a reply can cost: `prompt_tokens` (a `token_bound`) in, `max_tokens` out."""
     spec = settings.CHAT_MODELS.get(model)
     if spec is None:
         return Decimal(0)
     input_price, output_price = (Decimal(str(p)) for p in spec["price_per_million"])
-    prompt_tokens = Decimal(prompt_chars // CHARS_PER_TOKEN + 1)
-    return (prompt_tokens * input_price + Decimal(max_tokens) * output_price) / MILLION
+    return (Decimal(prompt_tokens) * input_price + Decimal(max_tokens) * output_price) / MILLION
 
 
 class BudgetExceeded(Exception):
@@ -152,22 +167,40 @@ def model_allowed_for(*, user: Any, model: str, membership: Membership | None = 
     return model in membership.team.allowed_models
 
 
+def output_estimate(text: str) -> int:
+    """Tokens a text written by the model is estimated to have cost, cautiously: a
+    third of its UTF-8 bytes (English runs near a quarter; CJK and emoji near one
+    token a character)."""
+    return len(text.encode("utf-8", "surrogatepass")) // 3 + 1 if text else 0
+
+
 def spend_record(turn: Turn) -> Spend | None:
-    """Put an ended reply's cost in the ledger: reported usage, or an estimate from its
-    text when the upstream never reported it (a dropped stream)."""
+    """Put an ended reply's cost in the ledger: reported usage, else an estimate.
+
+    Input is billed whenever the upstream took the prompt (it reported input tokens,
+    or it sent text), also for replies stopped before their first word; where it
+    never said how much (a dropped stream, a process that died), the prompt's upper
+    bound. A reply that did not complete has no final output count (the stream's
+    first report says 1): its output is estimated from its text.
+    """
     input_tokens, output_tokens, estimated = turn.input_tokens, turn.output_tokens, False
-    if output_tokens is None:
-        if not turn.content:
-            return None  # failed before any text: nothing was billed
+    if input_tokens is None and output_tokens is None and not turn.content:
+        return None  # failed before the upstream took the prompt: nothing was billed
+    if output_tokens is None or turn.state != Turn.State.COMPLETE:
+        estimate = output_estimate(turn.content)
+        if output_tokens is None or estimate > output_tokens:
+            estimated, output_tokens = True, estimate
+    if input_tokens is None:
         estimated = True
-        output_tokens = len(turn.content) // CHARS_PER_TOKEN + 1
+        history = reply_history(turn=turn)
+        input_tokens = token_bound([turn.system_prompt, *(m["content"] for m in history)])
     membership = Membership.objects.filter(user_id=turn.conversation.owner_id).first()
     return Spend.objects.create(
         user_id=turn.conversation.owner_id,
         team_id=membership.team_id if membership else None,
         turn=turn,
         model=turn.model,
-        input_tokens=input_tokens or 0,
+        input_tokens=input_tokens,
         output_tokens=output_tokens,
         estimated=estimated,
         cost_usd=reply_cost(

@@ -3,7 +3,9 @@
 import asyncio
 import html
 import json
+import logging
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
-from .budgets import budget_warnings, membership_of
+from .actors import SocketCredentials, actor_for_socket
+from .budgets import budget_warnings
 from .gateway import ChatRequest
 from .models import Conversation, Turn
 from .replies import (
@@ -35,6 +38,8 @@ from .services import (
     reply_retry,
     reply_stop_request,
 )
+
+logger = logging.getLogger("conversations.consumers")
 
 
 def error_fragment(message: str) -> str:
@@ -58,32 +63,73 @@ def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Begun:
+    conversation: Conversation  # as stored now
     result: Any  # what the service returned
     reply: Turn  # started: streaming, unless it was ended elsewhere first
     request: ChatRequest | None
     warnings: list[str]
 
 
+class SocketRevoked(Exception):
+    """The person behind the socket signed out, changed password or was deactivated."""
+
+
+class ConversationGone(Exception):
+    """The conversation was deleted (in another tab) while the socket was open."""
+
+
+def _frame_context(
+    credentials: SocketCredentials, conversation_id: Any
+) -> tuple[Any, Conversation]:
+    actor, conversation = actor_for_socket(credentials=credentials, conversation_id=conversation_id)
+    if actor is None:
+        raise SocketRevoked
+    if conversation is None:
+        raise ConversationGone
+    return actor, conversation
+
+
 def _begin_reply(
-    service: Callable[..., Any], reply_of: Callable[[Any], Turn], owner_id: int, kwargs: Any
+    service: Callable[..., Any],
+    reply_of: Callable[[Any], Turn],
+    credentials: SocketCredentials,
+    conversation_id: Any,
+    kwargs: Any,
 ) -> Begun:
-    """In one visit to the database thread: store, start the reply, build its
-    upstream request, read the owner's budget warnings."""
-    membership = membership_of(owner_id)  # read once for the checks, the hold and the warnings
-    result = service(membership=membership, **kwargs)
+    """In one visit to the database thread: check the person and read the
+    conversation as they are now, store, start the reply, build its upstream
+    request, read the owner's budget warnings."""
+    actor, conversation = _frame_context(credentials, conversation_id)
+    membership = actor.membership  # read once for the checks, the hold and the warnings
+    result = service(conversation=conversation, membership=membership, **kwargs)
     reply = reply_of(result)
     reply_starting(reply.pk)
     try:
         request = reply_prepare(turn=reply)
-        warnings = budget_warnings(user_id=owner_id, membership=membership)
+        warnings = budget_warnings(user_id=actor.user.pk, membership=membership)
     except BaseException:
         reply_not_starting(reply.pk)
         raise
-    return Begun(result, reply, request, warnings)
+    return Begun(conversation, result, reply, request, warnings)
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int | str) and str(value).isdigit() and len(str(value)) < 19
+def _stop_reply(credentials: SocketCredentials, conversation_id: Any) -> Turn | None:
+    _frame_context(credentials, conversation_id)
+    return reply_stop_request(conversation_id=conversation_id)
+
+
+_TURN_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def _turn_id(value: Any) -> int | None:
+    """A turn id from a frame: a non-negative int, or its plain ASCII digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and 0 <= value < 10**18:
+        return value
+    if isinstance(value, str) and _TURN_ID.fullmatch(value):
+        return int(value)
+    return None
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -124,6 +170,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close()
             return
         self.conversation = conversation
+        self.credentials = SocketCredentials.from_scope(self.scope)
         self.group = conversation_group(conversation.pk)
         self.delivered: dict[int, int] = {}
         self.awaiting_catchup: set[int] = set()
@@ -139,15 +186,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Any frame at all gets an answer; none closes the socket except a revoked
+        sign-in or a deleted conversation."""
+        try:
+            await self._receive(text_data)
+        except SocketRevoked:
+            await self.send(
+                text_data=error_fragment("You were signed out. Reload the page to sign in again.")
+            )
+            await self.close(code=4401)
+        except ConversationGone:
+            await self.send(text_data=error_fragment("This conversation was deleted."))
+            await self.close(code=4404)
+        except Exception:
+            logger.exception("frame_failed conversation=%s", self.conversation.pk)
+            await self.send(
+                text_data=error_fragment("Something went wrong on the server. Please try again.")
+            )
+
+    async def _receive(self, text_data: str | None) -> None:
         if text_data is None:
             await self.send(text_data=error_fragment("Only text frames are understood."))
             return
-        if len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
+        if len(text_data.encode("utf-8", "surrogatepass")) > settings.CHAT_MAX_FRAME_BYTES:
             await self.send(text_data=error_fragment("That message is too large."))
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             frame = None
         if not isinstance(frame, dict):
             await self.send(text_data=error_fragment("That message could not be read."))
@@ -170,20 +236,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Run a service that makes a reply; a refusal becomes an error fragment for
         this socket only."""
         try:
-            return await database_sync_to_async(_begin_reply)(
-                service, reply_of, self.conversation.owner_id, kwargs
+            begun = await database_sync_to_async(_begin_reply)(
+                service, reply_of, self.credentials, self.conversation.pk, kwargs
             )
         except SendRefused as exc:
             await self.send(text_data=error_fragment(exc.message))
+            return None
         except ValidationError as exc:
             await self.send(text_data=error_fragment(" ".join(exc.messages)))
-        return None
+            return None
+        self.conversation = begun.conversation
+        return begun
 
-    async def _broadcast_start(self, html: str, begun: Begun) -> None:
+    async def _broadcast_start(self, begun: Begun, render: Callable[[], str]) -> None:
         """Start the reply, show every open page the new turns, acknowledge this one.
 
-        The upstream request goes out first; the reply's first text waits until
-        the pages have been sent its turn (`announced`).
+        The runner is launched before anything else can fail, and the upstream
+        request goes out first; the reply's first text waits until the pages have
+        been sent its turn (`announced`), which happens even if rendering fails.
         """
         try:
             runner = await reply_launch(turn=begun.reply, request=begun.request)
@@ -191,13 +261,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             reply_not_starting(begun.reply.pk)
         try:
             await asyncio.sleep(0)  # let the runner send the upstream request now
-            await self.channel_layer.group_send(
-                self.group,
-                {
-                    "type": "turn.created",
-                    "html": html + render_reply_controls(active_turn=begun.reply),
-                },
-            )
+            html = render() + render_reply_controls(active_turn=begun.reply)
+            await self.channel_layer.group_send(self.group, {"type": "turn.created", "html": html})
         finally:
             runner.announced.set()
         await self.send(text_data=ack_fragment(begun.warnings))
@@ -206,64 +271,57 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(text, str):
             await self.send(text_data=error_fragment("Type a message first."))
             return
-        begun = await self._begin(
-            message_send,
-            operator.itemgetter(1),
-            conversation=self.conversation,
-            text=text,
-            start=True,
-        )
+        begun = await self._begin(message_send, operator.itemgetter(1), text=text, start=True)
         if begun is None:
             return
-        html = render_to_string(
-            "conversations/partials/turns_append.html",
-            {"turns": list(begun.result), "conversation": self.conversation},
+        await self._broadcast_start(
+            begun,
+            lambda: render_to_string(
+                "conversations/partials/turns_append.html",
+                {"turns": list(begun.result), "conversation": begun.conversation},
+            ),
         )
-        await self._broadcast_start(html, begun)
 
-    async def _retry(self, turn_id: Any) -> None:
-        if not _is_id(turn_id):
+    async def _retry(self, value: Any) -> None:
+        turn_id = _turn_id(value)
+        if turn_id is None:
             await self.send(text_data=error_fragment("That message could not be read."))
             return
-        begun = await self._begin(
-            reply_retry, lambda reply: reply, conversation=self.conversation, turn_id=int(turn_id)
-        )
+        begun = await self._begin(reply_retry, lambda reply: reply, turn_id=turn_id)
         if begun is not None:
-            await self._broadcast_start(render_turn(begun.reply, oob=True), begun)
+            await self._broadcast_start(begun, lambda: render_turn(begun.reply, oob=True))
 
-    async def _edit(self, turn_id: Any, text: Any) -> None:
-        if not _is_id(turn_id) or not isinstance(text, str):
+    async def _edit(self, value: Any, text: Any) -> None:
+        turn_id = _turn_id(value)
+        if turn_id is None or not isinstance(text, str):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
         begun = await self._begin(
-            message_edit,
-            operator.attrgetter("reply"),
-            conversation=self.conversation,
-            turn_id=int(turn_id),
-            text=text,
+            message_edit, operator.attrgetter("reply"), turn_id=turn_id, text=text
         )
         if begun is None:
             return
         edited = begun.result
-        removed = "".join(
-            f'<article id="turn-{pk}" hx-swap-oob="delete"></article>' for pk in edited.removed
-        )
-        html = (
-            removed
-            + render_turn(edited.user_turn, oob=True)
-            + render_to_string(
-                "conversations/partials/turns_append.html",
-                {"turns": [edited.reply], "conversation": self.conversation},
+
+        def render() -> str:
+            removed = "".join(
+                f'<article id="turn-{pk}" hx-swap-oob="delete"></article>' for pk in edited.removed
             )
-        )
-        await self._broadcast_start(html, begun)
+            return (
+                removed
+                + render_turn(edited.user_turn, oob=True)
+                + render_to_string(
+                    "conversations/partials/turns_append.html",
+                    {"turns": [edited.reply], "conversation": begun.conversation},
+                )
+            )
+
+        await self._broadcast_start(begun, render)
 
     async def _stop(self) -> None:
         # Both paths, so Stop works whichever process runs the reply: the channel
         # layer reaches the runner at once, the database flag at its next heartbeat.
-        active = await database_sync_to_async(reply_stop_request)(
-            conversation_id=self.conversation.pk
-        )
+        active = await database_sync_to_async(_stop_reply)(self.credentials, self.conversation.pk)
         if active is not None:
             await self.channel_layer.group_send(
                 control_group(self.conversation.pk), {"type": "reply.stop"}

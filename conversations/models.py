@@ -331,3 +331,22 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{'+' if self.rating > 0 else '-'} on {self.turn_id} by {self.user}"
+
+
+class UpstreamCall(models.Model):
+    """One model call a person caused (send, retry, edit): the rate limit counts these."""
+
+    class Kind(models.TextChoices):
+        SEND = "send"
+        RETRY = "retry"
+        EDIT = "edit"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "created_at"], name="upstream_call_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.user} at {self.created_at:%H:%M:%S}"

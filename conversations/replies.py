@@ -151,6 +151,7 @@ class ReplyRunner:
         self.stop_reason = ""
         self.stop_requested = False
         self.interrupting = False
+        self.finishing = False  # the outcome is decided: nothing may cancel the final write
         self.task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._last_flush = 0.0
@@ -202,6 +203,7 @@ class ReplyRunner:
             logger.exception("reply_failed turn=%s", self.turn_id)
             outcome = self._outcome(Turn.State.ERROR, error="Something went wrong on the server.")
         finally:
+            self.finishing = True
             for helper in helpers:
                 helper.cancel()
             self._cancel_flush_timer()
@@ -255,11 +257,13 @@ class ReplyRunner:
             self.task.cancel()  # type: ignore[union-attr]
 
     def _may_cancel(self) -> bool:
-        # Once: a second cancel would land in the final write and lose the reply's end.
+        # Once, and never after the outcome is decided: a cancel then would land in
+        # the final write (a Stop, the shutdown drain, or a checkpoint that found the
+        # reply stopped elsewhere) and leave the reply streaming until the sweep.
         return (
             self.task is not None
             and not self.task.done()
-            and not (self.stop_requested or self.interrupting)
+            and not (self.stop_requested or self.interrupting or self.finishing)
         )
 
     def _outcome(self, state: str, *, error: str = "", stop_reason: str = "") -> ReplyOutcome:

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from .replies import replies_alive, replies_running, reply_broadcast_final
-from .services import reply_sweep_stale
+from .services import reply_sweep_stale, upstream_calls_prune
 
 logger = logging.getLogger("conversations.supervision")
 
@@ -29,7 +29,9 @@ async def replies_sweep_once() -> int:
     def sweep() -> list[Any]:
         # Which replies live here is read in the database thread, just before the
         # query: under load this call may wait there for seconds behind others.
-        return reply_sweep_stale(stale_after=settings.CHAT_STALE_AFTER, alive=replies_alive())
+        swept = reply_sweep_stale(stale_after=settings.CHAT_STALE_AFTER, alive=replies_alive())
+        upstream_calls_prune()
+        return swept
 
     swept = await database_sync_to_async(sweep)()
     for turn in swept:

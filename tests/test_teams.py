@@ -54,8 +54,9 @@ class TestBudgets:
         UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("10"))
         message_send(conversation=conversation, text="x" * 300)
         (allowance,) = allowances_for(user_id=user.pk)
-        # 1024 tokens out at $15/M, about 100 tokens in at $3/M
-        assert Decimal("0.0153") < allowance.held < Decimal("0.0160")
+        # 1024 tokens out at $15/M; in, at most a token a byte: 300 bytes, and the
+        # framing of one message (8) and of the request (32), at $3/M.
+        assert allowance.held == Decimal("0.01536") + Decimal(300 + 8 + 32) * 3 / 1_000_000
 
     def test_spent_budget_refuses_sends_with_a_clear_message(self, user, conversation):
         UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("1"))

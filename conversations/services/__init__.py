@@ -29,6 +29,7 @@ from .turns import (
     reply_sweep_stale,
     turn_checkpoint,
     turn_checkpoints,
+    upstream_calls_prune,
 )
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "reply_sweep_stale",
     "turn_checkpoint",
     "turn_checkpoints",
+    "upstream_calls_prune",
 ]

@@ -6,10 +6,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
-from django.db.models.functions import Length
+from django.db.models import Q
 from django.utils import timezone
 
 from ..budgets import (
@@ -20,10 +20,12 @@ from ..budgets import (
     model_allowed_for,
     reply_worst_cost,
     spend_record,
+    token_bound,
 )
 from ..gateway import ChatRequest, model_available
-from ..models import Conversation, Membership, Turn
+from ..models import Conversation, Membership, Turn, UpstreamCall
 from ..selectors import history_messages, reply_history
+from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 TITLE_LENGTH = 60
 
@@ -65,6 +67,8 @@ def _check_message_text(text: Any) -> None:
         raise ValidationError(
             {"message": f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."}
         )
+    if not text_is_storable(text):
+        raise ValidationError({"message": UNSTORABLE_MESSAGE})
 
 
 def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversation:
@@ -81,46 +85,61 @@ def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversatio
 
 
 def _check_can_send(conversation: Conversation, membership: Membership | None) -> Membership | None:
-    """Checks before anything is stored: the model, the person's team, the send rate.
+    """Checks before anything is stored: the model and the person's team.
 
     Returns the owner's membership (read here unless the caller passed it).
     """
     if membership is LOOK_UP:
         membership = membership_of(conversation.owner_id)
-    if not model_available(conversation.model):
-        raise ValidationError({"model": "This conversation's model is not configured here."})
-    if not model_allowed_for(
-        user=conversation.owner, model=conversation.model, membership=membership
-    ):
-        raise ValidationError({"model": "Your team may not use this model. Pick another one."})
-    _check_send_rate(conversation.owner_id)
+    _check_model(conversation, membership)
     return membership
 
 
+def _check_model(conversation: Conversation, membership: Membership | None) -> None:
+    """The model is offered here and the owner's team may use it (no query)."""
+    if not model_available(conversation.model):
+        raise ValidationError({"model": "This conversation's model is not configured here."})
+    if not model_allowed_for(user=None, model=conversation.model, membership=membership):
+        raise ValidationError({"model": "Your team may not use this model. Pick another one."})
+
+
+def _count_call(owner_id: int, kind: str) -> None:
+    """Inside the storing transaction: count one upstream call against the person's
+    rate limit, or refuse. Every way of starting a reply comes through here.
+
+    The person's row is locked first, so their concurrent calls are counted one
+    after another (PostgreSQL; SQLite's write lock already serialises them).
+    """
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
+    window = timezone.now() - timedelta(seconds=settings.CHAT_SEND_RATE_WINDOW)
+    recent = UpstreamCall.objects.filter(user_id=owner_id, created_at__gte=window).count()
+    if recent >= settings.CHAT_SEND_RATE_LIMIT:
+        raise SendRateLimited
+    UpstreamCall.objects.create(user_id=owner_id, kind=kind)
+
+
+def upstream_calls_prune() -> int:
+    """Forget calls older than the rate window (kept a day, for operators to look at)."""
+    keep = max(settings.CHAT_SEND_RATE_WINDOW, 86_400.0)
+    cutoff = timezone.now() - timedelta(seconds=keep)
+    deleted, _ = UpstreamCall.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
 def _hold_budget(
-    locked: Conversation,
-    *,
-    membership: Membership | None,
-    before_position: int = 0,
-    history_chars: int | None = None,
-    new_text: str = "",
+    locked: Conversation, *, membership: Membership | None, prompt: Iterable[str]
 ) -> Any:
     """Inside the storing transaction: hold the reply's worst-case cost, or refuse.
 
-    The prompt so far is the turns before `before_position` (or `history_chars`
-    characters, when the caller already summed them).
+    `prompt`: the texts the upstream will read (history and new message); the
+    system prompt is added here.
     """
-    if history_chars is None:
-        history_chars = (
-            Turn.objects.filter(conversation=locked, position__lt=before_position).aggregate(
-                chars=Sum(Length("content"))
-            )["chars"]
-            or 0
-        )
     cost = reply_worst_cost(
         model=locked.model,
         max_tokens=locked.max_tokens,
-        prompt_chars=history_chars + len(locked.system_prompt) + len(new_text),
+        prompt_tokens=token_bound(
+            [locked.system_prompt, *prompt] if locked.system_prompt else prompt
+        ),
     )
     try:
         budget_hold(user_id=locked.owner_id, cost=cost, membership=membership)
@@ -129,13 +148,12 @@ def _hold_budget(
     return cost
 
 
-def _check_send_rate(owner_id: int) -> None:
-    window = timezone.now() - timedelta(seconds=settings.CHAT_SEND_RATE_WINDOW)
-    recent = Turn.objects.filter(
-        conversation__owner_id=owner_id, role=Turn.Role.USER, created_at__gte=window
-    ).count()
-    if recent >= settings.CHAT_SEND_RATE_LIMIT:
-        raise SendRateLimited
+def _contents_before(locked: Conversation, position: int) -> list[str]:
+    return list(
+        Turn.objects.filter(conversation=locked, position__lt=position).values_list(
+            "content", flat=True
+        )
+    )
 
 
 def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
@@ -179,6 +197,8 @@ def message_send(
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation, check=False)
+            _check_model(locked, membership)
+            _count_call(locked.owner_id, UpstreamCall.Kind.SEND)
             rows = list(
                 locked.turns.order_by("position").values_list("position", "role", "content")
             )
@@ -186,8 +206,7 @@ def message_send(
             held = _hold_budget(
                 locked,
                 membership=membership,
-                history_chars=sum(len(content) for _, _, content in rows),
-                new_text=text,
+                prompt=[*(content for _, _, content in rows), text],
             )
             now = timezone.now()
             user_turn = Turn(
@@ -355,12 +374,16 @@ def reply_retry(
     try:
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            _check_model(locked, membership)
             last = locked.turns.order_by("-position").first()
             if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
                 raise NotRetryable
             if last.state not in ended:
                 raise NotRetryable
-            held = _hold_budget(locked, membership=membership, before_position=last.position)
+            _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
+            held = _hold_budget(
+                locked, membership=membership, prompt=_contents_before(locked, last.position)
+            )
             if not _reset_reply(locked, turn_id, ended, held):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
@@ -389,18 +412,22 @@ def message_edit(
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation)
+            _check_model(locked, membership)
             user_turn = Turn.objects.filter(
                 conversation=locked, pk=turn_id, role=Turn.Role.USER
             ).first()
             if user_turn is None:
                 raise NotEditable
+            _count_call(locked.owner_id, UpstreamCall.Kind.EDIT)
             later = Turn.objects.filter(conversation=locked, position__gt=user_turn.position)
             removed = list(later.values_list("pk", flat=True))
             later.delete()
             user_turn.content = text
             user_turn.save(update_fields=["content"])
             held = _hold_budget(
-                locked, membership=membership, before_position=user_turn.position + 1
+                locked,
+                membership=membership,
+                prompt=_contents_before(locked, user_turn.position + 1),
             )
             reply = Turn.objects.create(
                 conversation=locked,

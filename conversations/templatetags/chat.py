@@ -29,3 +29,10 @@ def cost(turn: object) -> str:
         output_tokens=getattr(turn, "output_tokens", None),
     )
     return f"${amount:.4f}"
+
+
+@register.simple_tag
+def chat_limit(name: str) -> int:
+    """A socket limit the page enforces before sending (`max_frame_bytes`, `max_message_chars`)."""
+    return int({"max_frame_bytes": settings.CHAT_MAX_FRAME_BYTES,
+                "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS}[name])  # fmt: skip

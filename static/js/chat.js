@@ -38,6 +38,32 @@
     if (follow) { window.scrollTo(0, document.body.scrollHeight); }
   });
 
+  // Refuse, here, a frame the server would refuse: past its limit the connection
+  // itself would drop (daphne closes sockets on oversized messages). The body is
+  // measured as the ws extension will build it.
+  function showError(text) {
+    var status = document.getElementById("composer-status");
+    if (!status) { return; }
+    var p = document.createElement("p");
+    p.className = "error";
+    p.textContent = text;
+    status.replaceChildren(p);
+  }
+
+  document.addEventListener("htmx:wsConfigSend", function (event) {
+    var chat = event.target.closest ? event.target.closest("[data-max-frame-bytes]") : null;
+    if (!chat) { return; }
+    var limit = parseInt(chat.dataset.maxFrameBytes, 10);
+    var body = Object.assign({}, event.detail.parameters);
+    if (event.detail.headers) { body.HEADERS = event.detail.headers; }
+    var size = new TextEncoder().encode(JSON.stringify(body)).length;
+    if (limit && size > limit) {
+      event.preventDefault();
+      showError("This message is too large to send (" + Math.ceil(size / 1024) +
+        " KB; the limit is " + Math.floor(limit / 1024) + " KB). Shorten it, or send it in parts.");
+    }
+  });
+
   // Edit a message: show its form in place; sending replaces the later turns.
   document.addEventListener("click", function (event) {
     var edit = event.target.closest ? event.target.closest("button.edit-turn, button.edit-cancel") : null;
