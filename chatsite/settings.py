@@ -311,6 +311,13 @@ CHAT_HEARTBEAT_INTERVAL = env_float("CHAT_HEARTBEAT_INTERVAL", 2.0)
 CHAT_STALE_AFTER = env_float("CHAT_STALE_AFTER", 15.0)
 CHAT_SWEEP_INTERVAL = env_float("CHAT_SWEEP_INTERVAL", 5.0)
 CHAT_SHUTDOWN_GRACE = env_float("CHAT_SHUTDOWN_GRACE", 5.0)
+# Outages: how long a finished reply keeps retrying its final database write, and
+# its final broadcast to pages, before giving up (its text is kept in memory).
+CHAT_FINAL_WRITE_PATIENCE = env_float("CHAT_FINAL_WRITE_PATIENCE", 120.0)
+CHAT_FINAL_BROADCAST_PATIENCE = env_float("CHAT_FINAL_BROADCAST_PATIENCE", 120.0)
+# A page acknowledges what it has read; a socket that leaves more than this many
+# characters unread is closed (the page reconnects and catches up).
+CHAT_SOCKET_UNREAD_LIMIT = env_int("CHAT_SOCKET_UNREAD_LIMIT", 2_000_000)
 CHAT_SEND_RATE_LIMIT = env_int("CHAT_SEND_RATE_LIMIT", 30)
 CHAT_SEND_RATE_WINDOW = env_float("CHAT_SEND_RATE_WINDOW", 60.0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 1_000_000)

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.template.loader import render_to_string
 
+from chatsite.outages import outage_over, outage_seen
+
 from .actors import SocketCredentials, actor_for_socket
 from .budgets import budget_warnings
 from .gateway import ChatRequest
@@ -50,6 +52,17 @@ def ack_fragment(warnings: list[str]) -> str:
     return render_to_string(
         "conversations/partials/composer_status.html", {"ack": True, "warnings": warnings}
     )
+
+
+# Text of one frame at most (a catch-up of a long reply goes in several): escaped,
+# and as UTF-8, it stays well below daphne's 1 MiB frame limit.
+CATCHUP_CHARS = 100_000
+# The largest frame daphne sends (its limit is 1 MiB), and a character count below
+# which no frame can reach it, so most frames are never measured.
+FRAME_BYTES = 1_000_000
+FRAME_CHARS_SURELY_SMALL = FRAME_BYTES // 4
+# Turns a reconnecting page may ask to be brought up to date.
+SYNC_TURNS = 50
 
 
 def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
@@ -118,6 +131,22 @@ def _stop_reply(credentials: SocketCredentials, conversation_id: Any) -> Turn | 
     return reply_stop_request(conversation_id=conversation_id)
 
 
+def _turns_to_sync(
+    credentials: SocketCredentials, conversation_id: Any, shown: list[int], last: int | None
+) -> tuple[list[Turn], list[Turn], Turn | None]:
+    """For a page that (re)connected: the stored truth of the turns it shows as
+    still being written, the turns it has not seen, and the active reply."""
+    _frame_context(credentials, conversation_id)
+    turns = Turn.objects.filter(conversation_id=conversation_id)
+    stale = list(turns.filter(pk__in=shown).exclude(state__in=Turn.ACTIVE_STATES))
+    newer = (
+        list(turns.filter(pk__gt=last).order_by("position")[: settings.CHAT_VISIBLE_TURNS])
+        if last is not None
+        else []
+    )
+    return stale, newer, turns.filter(state__in=Turn.ACTIVE_STATES).first()
+
+
 _TURN_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
@@ -173,8 +202,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.credentials = SocketCredentials.from_scope(self.scope)
         self.group = conversation_group(conversation.pk)
         self.delivered: dict[int, int] = {}
-        self.awaiting_catchup: set[int] = set()
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.awaiting_catchup: dict[int, float] = {}  # turn id: when it was asked for
+        self.sent_chars = 0  # written to this socket; the page acknowledges what it read
+        self.read_chars = 0
+        self.closing = False
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception as exc:
+            # The channel layer is down: refuse the handshake (the page retries with
+            # backoff) rather than open a socket that would never hear a reply.
+            outage_seen("channel_layer", exc)
+            await self.close()
+            return
         await self.accept()
         active = await database_sync_to_async(turn_active)(conversation_id=conversation.pk)
         if active is not None and active.state == Turn.State.STREAMING:
@@ -183,7 +222,39 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         # The reply goes on without this socket.
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            except Exception as exc:
+                outage_seen("channel_layer", exc)
+
+    def _fits(self, html: str) -> bool:
+        return len(html) < FRAME_CHARS_SURELY_SMALL or len(html.encode()) <= FRAME_BYTES
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        """Every frame to the page; once more than CHAT_SOCKET_UNREAD_LIMIT characters
+        wait unacknowledged, the socket is closed instead of buffering more (the
+        page reconnects and catches up from the database)."""
+        if text_data is not None:
+            # Checked before adding this frame: one large frame (a long reply's final
+            # rendering) always goes to a page that keeps up.
+            if self.sent_chars - self.read_chars > settings.CHAT_SOCKET_UNREAD_LIMIT:
+                if not self.closing:
+                    self.closing = True
+                    logger.warning(
+                        "socket_unread_limit conversation=%s unread=%d",
+                        self.conversation.pk,
+                        self.sent_chars - self.read_chars,
+                    )
+                    await self.close(code=4408)
+                return
+            self.sent_chars += len(text_data)
+            if not self._fits(text_data):
+                logger.error("frame_too_large conversation=%s chars=%d", self.conversation.pk,
+                             len(text_data))  # fmt: skip
+                text_data = render_to_string("conversations/partials/frame_too_large.html")
+        await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Any frame at all gets an answer; none closes the socket except a revoked
@@ -219,7 +290,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
         action = frame.get("action") or "send"
-        if action == "stop":
+        if action == "ack":
+            self._ack(frame.get("received"))
+        elif action == "sync":
+            await self._catch_up_page(frame.get("turns"), frame.get("last"))
+        elif action == "stop":
             await self._stop()
         elif action == "send":
             await self._send_message(frame.get("message"))
@@ -262,7 +337,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             await asyncio.sleep(0)  # let the runner send the upstream request now
             html = render() + render_reply_controls(active_turn=begun.reply)
-            await self.channel_layer.group_send(self.group, {"type": "turn.created", "html": html})
+            try:
+                await self.channel_layer.group_send(
+                    self.group, {"type": "turn.created", "html": html}
+                )
+            except Exception as exc:
+                # The layer is down: this page at least sees its turns; the others
+                # when they reconnect. The reply is written all the same.
+                outage_seen("channel_layer", exc)
+                await self.send(text_data=html)
+            else:
+                outage_over("channel_layer")
         finally:
             runner.announced.set()
         await self.send(text_data=ack_fragment(begun.warnings))
@@ -323,16 +408,46 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # layer reaches the runner at once, the database flag at its next heartbeat.
         active = await database_sync_to_async(_stop_reply)(self.credentials, self.conversation.pk)
         if active is not None:
-            await self.channel_layer.group_send(
-                control_group(self.conversation.pk), {"type": "reply.stop"}
+            try:
+                await self.channel_layer.group_send(
+                    control_group(self.conversation.pk), {"type": "reply.stop"}
+                )
+            except Exception as exc:
+                outage_seen("channel_layer", exc)  # the database flag still stops it
+
+    def _ack(self, received: Any) -> None:
+        if isinstance(received, int) and not isinstance(received, bool):
+            self.read_chars = max(self.read_chars, min(received, self.sent_chars))
+
+    async def _catch_up_page(self, shown: Any, last: Any) -> None:
+        """A page that (re)connected names the turns it shows as still being written
+        and its newest turn: it gets their stored truth and the turns it missed."""
+        ids = [i for i in map(_turn_id, shown if isinstance(shown, list) else []) if i is not None]
+        stale, newer, active = await database_sync_to_async(_turns_to_sync)(
+            self.credentials, self.conversation.pk, ids[:SYNC_TURNS], _turn_id(last)
+        )
+        html = "".join(render_turn(turn, oob=True) for turn in stale)
+        if newer:
+            html += render_to_string(
+                "conversations/partials/turns_append.html",
+                {"turns": newer, "conversation": self.conversation},
             )
+        if html:
+            await self.send(text_data=html + render_reply_controls(active_turn=active))
+        streaming = active is not None and active.state == Turn.State.STREAMING
+        if streaming and active.pk not in self.awaiting_catchup:
+            await self._request_catchup(active.pk)
 
     async def _request_catchup(self, turn_id: int) -> None:
-        self.awaiting_catchup.add(turn_id)
-        await self.channel_layer.group_send(
-            control_group(self.conversation.pk),
-            {"type": "reply.snapshot", "reply_channel": self.channel_name},
-        )
+        self.awaiting_catchup[turn_id] = asyncio.get_running_loop().time()
+        try:
+            await self.channel_layer.group_send(
+                control_group(self.conversation.pk),
+                {"type": "reply.snapshot", "reply_channel": self.channel_name},
+            )
+        except Exception as exc:
+            outage_seen("channel_layer", exc)
+            self.awaiting_catchup.pop(turn_id, None)  # ask again at the next gap
 
     # --- group messages ----------------------------------------------------
 
@@ -345,8 +460,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def reply_delta(self, event: dict[str, Any]) -> None:
         turn_id, offset, text = event["turn_id"], event["offset"], event["text"]
-        if turn_id in self.awaiting_catchup:
-            return  # the catch-up text will cover this piece
+        asked = self.awaiting_catchup.get(turn_id)
+        if asked is not None:
+            if asyncio.get_running_loop().time() - asked < 2.0:
+                return  # the catch-up text will cover this piece
+            # No answer: the request (or its answer) was lost in a layer outage.
+            await self._request_catchup(turn_id)
+            return
         have = self.delivered.get(turn_id, 0)
         end = offset + len(text)
         if end <= have:
@@ -356,15 +476,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._request_catchup(turn_id)
             return
         self.delivered[turn_id] = end
-        await self.send(text_data=text_fragment(turn_id, text[have - offset :], replace=False))
+        text = text[have - offset :]
+        for start in range(0, len(text), CATCHUP_CHARS):  # one frame, but for huge pieces
+            piece = text[start : start + CATCHUP_CHARS]
+            await self.send(text_data=text_fragment(turn_id, piece, replace=False))
 
     async def reply_catchup(self, event: dict[str, Any]) -> None:
         turn_id, text = event["turn_id"], event["text"]
-        self.awaiting_catchup.discard(turn_id)
+        self.awaiting_catchup.pop(turn_id, None)
         self.delivered[turn_id] = len(text)
-        await self.send(text_data=text_fragment(turn_id, text, replace=True))
+        # A long reply's text goes in several frames: one frame stays below daphne's limit.
+        for start in range(0, max(len(text), 1), CATCHUP_CHARS):
+            piece = text[start : start + CATCHUP_CHARS]
+            await self.send(text_data=text_fragment(turn_id, piece, replace=start == 0))
 
     async def reply_finished(self, event: dict[str, Any]) -> None:
-        self.delivered.pop(event["turn_id"], None)
-        self.awaiting_catchup.discard(event["turn_id"])
-        await self.send(text_data=event["html"])
+        turn_id = event["turn_id"]
+        self.delivered.pop(turn_id, None)
+        self.awaiting_catchup.pop(turn_id, None)
+        html = event["html"]
+        if not self._fits(html):
+            # A very long reply's rendering is more than one frame may carry: the
+            # page shows its state at once and loads the rendering over HTTP.
+            html = render_to_string(
+                "conversations/partials/turn_deferred.html",
+                {"turn_id": turn_id, "state": event.get("state", ""),
+                 "conversation_id": self.conversation.pk},
+            ) + render_reply_controls(active_turn=None)  # fmt: skip
+        await self.send(text_data=html)

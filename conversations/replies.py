@@ -17,7 +17,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError
 from django.template.loader import render_to_string
+
+from chatsite.outages import outage_over, outage_seen
 
 from .gateway import (
     ChatRequest,
@@ -41,7 +44,14 @@ from .services import (
 
 logger = logging.getLogger("conversations.replies")
 
+LAYER = "channel_layer"
+DATABASE = "database"
+# Errors of a dependency that is down (or blinking), as opposed to a bug.
+DATABASE_ERRORS = (DatabaseError, InterfaceError)
+
 _running: dict[int, "ReplyRunner"] = {}
+# Final broadcasts still being retried while the channel layer is down.
+_pending_broadcasts: set[asyncio.Task[None]] = set()
 # Replies this process has started in the database whose runner is not registered
 # yet (written from the database thread, read by the sweep there).
 _starting: set[int] = set()
@@ -87,12 +97,19 @@ class CheckpointBatcher:
             contents = {turn_id: content for turn_id, (content, _) in batch.items()}
             try:
                 saved = await database_sync_to_async(turn_checkpoints)(contents=contents)
+            except DATABASE_ERRORS as exc:
+                outage_seen(DATABASE, exc)
+                for _, future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             except Exception as exc:
                 logger.exception("checkpoint_failed replies=%d", len(batch))
                 for _, future in batch.values():
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            outage_over(DATABASE)
             for turn_id, (_, future) in batch.items():
                 if not future.done():
                     future.set_result(turn_id in saved)
@@ -161,6 +178,7 @@ class ReplyRunner:
         self._saved_length = 0
         self._control = ""
         self._flush_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
 
     @property
     def text(self) -> str:
@@ -174,10 +192,11 @@ class ReplyRunner:
         """Listen for control messages, then run the reply in its own task.
 
         Subscribing first means a page that sees this reply streaming can always
-        reach its runner for catch-up.
+        reach its runner for catch-up. While the channel layer is down the reply
+        runs all the same (it needs only the upstream and the database; Stop then
+        arrives through the database) and the runner keeps trying to subscribe.
         """
-        self._control = await self.layer.new_channel()
-        await self.layer.group_add(control_group(self.conversation_id), self._control)
+        await self._subscribe()
         self.task = self._loop.create_task(self.run(), name=f"reply-{self.turn_id}")
         _running[self.turn_id] = self
         _starting.discard(self.turn_id)
@@ -186,7 +205,7 @@ class ReplyRunner:
 
     async def run(self) -> None:
         helpers = [
-            self._loop.create_task(self._listen(self._control)),
+            self._loop.create_task(self._listen()),
             self._loop.create_task(self._heartbeat()),
         ]
         try:
@@ -210,7 +229,13 @@ class ReplyRunner:
         try:
             await self._finish(outcome)
         finally:
-            await self.layer.group_discard(control_group(self.conversation_id), self._control)
+            if self._control:
+                try:
+                    await self.layer.group_discard(
+                        control_group(self.conversation_id), self._control
+                    )
+                except Exception as exc:
+                    outage_seen(LAYER, exc)
 
     async def _stream(self) -> ReplyOutcome:
         request = self.request
@@ -278,30 +303,66 @@ class ReplyRunner:
         )
 
     async def _finish(self, outcome: ReplyOutcome) -> None:
-        """Record the final state first, whatever the channel layer does; then tell pages."""
+        """Record the final state first, whatever the channel layer does; then tell pages.
+
+        The final write is retried while the database is down (the whole text is
+        here, in memory); the pages are told once the channel layer answers again.
+        """
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
-        try:
-            await self._flush()
-        except Exception:
-            logger.exception("final_flush_failed turn=%s", self.turn_id)
-        turn = await database_sync_to_async(reply_finish)(turn_id=self.turn_id, outcome=outcome)
+        await self._flush()
+        turn = await self._write_final(outcome)
         if turn is None:
-            # Someone else ended it (another process, or a sweep): show what is stored.
-            turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
+            return
         try:
             await self.announced.wait()
             await reply_broadcast_final(turn)
-        except Exception:
-            # The state is stored: pages show it on their next load or reconnect.
-            logger.exception("final_broadcast_failed turn=%s", self.turn_id)
+        except Exception as exc:
+            outage_seen(LAYER, exc)
+            broadcast_final_later(turn)
+
+    async def _write_final(self, outcome: ReplyOutcome) -> Turn | None:
+        delay, waited = 0.25, 0.0
+        while True:
+            try:
+                turn = await database_sync_to_async(reply_finish)(
+                    turn_id=self.turn_id, outcome=outcome
+                )
+                if turn is None:
+                    # Someone else ended it (another process, or a sweep): show what is stored.
+                    turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
+            except DATABASE_ERRORS as exc:
+                outage_seen(DATABASE, exc)
+                if waited >= settings.CHAT_FINAL_WRITE_PATIENCE:
+                    logger.error(
+                        "final_write_failed turn=%s state=%s chars=%d",
+                        self.turn_id,
+                        outcome.state,
+                        len(outcome.content),
+                    )
+                    return None
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 4.0)
+                continue
+            outage_over(DATABASE)
+            return turn
 
     async def _broadcast_state(self) -> None:
         self.turn.state = Turn.State.STREAMING
         html = render_turn(self.turn, oob=True)
-        await self.layer.group_send(
-            self.group, {"type": "reply.state", "turn_id": self.turn_id, "html": html}
-        )
+        await self._publish({"type": "reply.state", "turn_id": self.turn_id, "html": html})
+
+    async def _publish(self, message: dict[str, Any]) -> bool:
+        """Send to the conversation's pages; False (never an exception) when the layer
+        is down: the database holds the text, and pages catch up from it."""
+        try:
+            await self.layer.group_send(self.group, message)
+        except Exception as exc:
+            outage_seen(LAYER, exc)
+            return False
+        outage_over(LAYER)
+        return True
 
     # --- text: coalesced sends and batched checkpoints ---------------------
 
@@ -329,7 +390,13 @@ class ReplyRunner:
         self._checkpoint = self._loop.create_task(self._save_checkpoint(content))
 
     async def _save_checkpoint(self, content: str | None) -> bool:
-        saved = await _checkpoints_for(self._loop).save(self.turn_id, content)
+        try:
+            saved = await _checkpoints_for(self._loop).save(self.turn_id, content)
+        except Exception:
+            # The database is down (logged once by the batcher): the reply goes on,
+            # its text in memory; the next checkpoint writes all of it.
+            self._saved_length = -1
+            return True
         if not saved:
             # Stop was pressed in a page of another process, or the reply was ended
             # elsewhere: either way this runner stops, keeping its text.
@@ -351,7 +418,7 @@ class ReplyRunner:
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
-        self._loop.create_task(self._flush())
+        self._flush_task = self._loop.create_task(self._flush())
 
     async def _flush(self) -> None:
         # Serialised, so pieces reach the group in offset order.
@@ -362,29 +429,49 @@ class ReplyRunner:
                 return
             if not self.announced.is_set():
                 await self.announced.wait()
-            start = self.sent
-            piece = self.text[start:]
-            self.sent = self.length
-            await self.layer.group_send(
-                self.group,
-                {"type": "reply.delta", "turn_id": self.turn_id, "offset": start, "text": piece},
-            )
+            start, end = self.sent, self.length
+            piece = self.text[start:end]
+            # `sent` moves only once the piece is out: after a failed publish the
+            # next piece starts where pages stopped (they skip what they have).
+            if await self._publish(
+                {"type": "reply.delta", "turn_id": self.turn_id, "offset": start, "text": piece}
+            ):
+                self.sent = end
 
     # --- control: stop and catch-up from any process ------------------------
 
-    async def _listen(self, channel: str) -> None:
+    async def _subscribe(self) -> bool:
+        """Listen on the reply's control group; False while the layer is down."""
+        try:
+            if not self._control:
+                self._control = await self.layer.new_channel()
+            await self.layer.group_add(control_group(self.conversation_id), self._control)
+        except Exception as exc:
+            outage_seen(LAYER, exc)
+            self._control = ""  # a channel half made is not reused
+            return False
+        return True
+
+    async def _listen(self) -> None:
+        subscribed = bool(self._control)
+        while not subscribed:  # the layer was down at start: keep trying
+            await asyncio.sleep(1.0)
+            subscribed = await self._subscribe()
         while True:
-            message: dict[str, Any] = await self.layer.receive(channel)
+            message: dict[str, Any] = await self.layer.receive(self._control)
             kind = message.get("type")
             if kind == "reply.stop":
                 self.stop()
             elif kind == "reply.snapshot" and message.get("reply_channel"):
                 # Everything sent to the group so far is covered by this text.
                 await self._flush()
-                await self.layer.send(
-                    message["reply_channel"],
-                    {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text},
-                )
+                try:
+                    await self.layer.send(
+                        message["reply_channel"],
+                        {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text},
+                    )
+                except Exception as exc:
+                    outage_seen(LAYER, exc)  # the page asks again at its next gap
 
 
 async def reply_broadcast_final(turn: Turn) -> None:
@@ -392,8 +479,32 @@ async def reply_broadcast_final(turn: Turn) -> None:
     html = render_turn(turn, oob=True) + render_reply_controls(active_turn=None)
     await get_channel_layer().group_send(
         conversation_group(turn.conversation_id),
-        {"type": "reply.finished", "turn_id": turn.pk, "html": html},
+        {"type": "reply.finished", "turn_id": turn.pk, "state": turn.state, "html": html},
     )
+    outage_over(LAYER)
+
+
+def broadcast_final_later(turn: Turn) -> None:
+    """Keep trying to show pages a reply's final state while the channel layer is
+    down (pages that reconnect meanwhile get it from the database)."""
+
+    async def retry() -> None:
+        delay, waited = 0.25, 0.0
+        while waited < settings.CHAT_FINAL_BROADCAST_PATIENCE:
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
+            try:
+                await reply_broadcast_final(turn)
+            except Exception as exc:
+                outage_seen(LAYER, exc)
+            else:
+                return
+        logger.warning("final_broadcast_gave_up turn=%s", turn.pk)
+
+    task = asyncio.get_running_loop().create_task(retry(), name=f"final-{turn.pk}")
+    _pending_broadcasts.add(task)
+    task.add_done_callback(_pending_broadcasts.discard)
 
 
 def flush_interval() -> float:

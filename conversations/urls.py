@@ -26,6 +26,11 @@ urlpatterns = [
         name="conversation-detail",
     ),
     path(
+        "conversations/<uuid:conversation_id>/turns/<int:turn_id>/",
+        views.conversation_turn,
+        name="conversation-turn",
+    ),
+    path(
         "conversations/<uuid:conversation_id>/settings/",
         views.conversation_settings,
         name="conversation-settings",

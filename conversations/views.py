@@ -218,6 +218,23 @@ def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID)
     )
 
 
+@login_required
+@require_GET
+def conversation_turn(
+    request: HttpRequest, conversation_id: uuid.UUID, turn_id: int
+) -> HttpResponse:
+    """One turn as the chat shows it: a reply too large for one socket frame loads here."""
+    conversation = _get_readable_conversation(request, conversation_id)
+    turn = conversation.turns.filter(pk=turn_id).first()
+    if turn is None:
+        raise Http404("No such turn.")
+    return render(
+        request,
+        "conversations/partials/turn.html",
+        {"turn": turn, "oob": False, "read_only": conversation.owner_id != request.user.pk},
+    )
+
+
 def _turn_window(conversation: Conversation, *, before: int | None = None) -> dict[str, Any]:
     """The latest `CHAT_VISIBLE_TURNS` turns (before a position, for "load earlier"),
     whether there are earlier ones, and where the window starts."""

@@ -32,7 +32,9 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )  # fmt: skip
-actions = st.sampled_from(["send", "retry", "edit", "stop", "", None, "SEND", 7, "probe"])
+actions = st.sampled_from(
+    ["send", "retry", "edit", "stop", "sync", "ack", "", None, "SEND", 7, "probe"]
+)
 turn_ids = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     # Digits of other scripts pass str.isdigit() but are no turn id.
@@ -45,6 +47,9 @@ near_valid = st.fixed_dictionaries(
         "action": actions,
         "turn": turn_ids,
         "message": st.text(max_size=300) | json_values,
+        "turns": st.lists(turn_ids, max_size=5) | json_values,
+        "last": turn_ids,
+        "received": st.integers() | json_values,
         "HEADERS": json_values,
     },
 ).map(json.dumps)

@@ -64,6 +64,44 @@
     }
   });
 
+  // The socket's state, quietly: "Reconnecting…" while it is down. Once it is back
+  // the page names the turns it shows as still being written and its newest turn,
+  // and the server brings them (and any it missed) to their stored state.
+  function connection(text) {
+    var status = document.getElementById("connection-status");
+    if (status) { status.textContent = text; status.hidden = !text; }
+  }
+
+  var received = 0, acked = 0;
+  var ACK_EVERY = 65536;
+
+  document.addEventListener("htmx:wsClose", function () { connection("Reconnecting…"); });
+  document.addEventListener("htmx:wsError", function () { connection("Reconnecting…"); });
+  document.addEventListener("htmx:wsOpen", function (event) {
+    connection("");
+    received = 0; acked = 0;
+    var turns = document.querySelectorAll("#turns article[id^='turn-']");
+    var shown = [], last = null;
+    turns.forEach(function (article) {
+      var id = parseInt(article.id.slice(5), 10);
+      if (isNaN(id)) { return; }
+      last = last === null ? id : Math.max(last, id);
+      var state = article.dataset.state;
+      if (state === "pending" || state === "streaming") { shown.push(id); }
+    });
+    event.detail.socketWrapper.send(JSON.stringify({ action: "sync", turns: shown, last: last }));
+  });
+
+  // Acknowledge what was read, so the server can tell a page that reads from a
+  // client that does not (it bounds what it queues for one socket).
+  document.addEventListener("htmx:wsAfterMessage", function (event) {
+    received += (event.detail.message || "").length;
+    if (received - acked >= ACK_EVERY) {
+      acked = received;
+      event.detail.socketWrapper.send(JSON.stringify({ action: "ack", received: received }));
+    }
+  });
+
   // Edit a message: show its form in place; sending replaces the later turns.
   document.addEventListener("click", function (event) {
     var edit = event.target.closest ? event.target.closest("button.edit-turn, button.edit-cancel") : null;
