@@ -17,7 +17,15 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from .replies import replies_alive, replies_running, reply_broadcast_final
+from chatsite.outages import outage_over, outage_seen
+
+from .replies import (
+    DATABASE,
+    DATABASE_ERRORS,
+    replies_alive,
+    replies_running,
+    reply_broadcast_final,
+)
 from .services import reply_sweep_stale, upstream_calls_prune
 
 logger = logging.getLogger("conversations.supervision")
@@ -47,8 +55,12 @@ async def replies_sweep_forever() -> None:
     while True:
         try:
             await replies_sweep_once()
+        except DATABASE_ERRORS as exc:
+            outage_seen(DATABASE, exc)  # one line per outage, not a traceback per sweep
         except Exception:
             logger.exception("reply sweep failed")
+        else:
+            outage_over(DATABASE)
         await asyncio.sleep(settings.CHAT_SWEEP_INTERVAL)
 
 

@@ -5,10 +5,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -217,6 +219,146 @@ def live_server_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in servers:
         server.stop()
+
+
+# --- services of a test's own, to kill and start again -----------------------
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on a free port, keeping nothing on disk: killed, it comes back empty."""
+
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> "RedisServer":
+        """Start it (again, on the same port) and wait until it answers PING."""
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not start: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop at once, every subscription with them."""
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory) -> Iterator[RedisServer]:
+    """A Redis of this module's own, which its tests may kill and restart."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis") / "redis.log").start()
+    yield server
+    server.kill()
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary directory on a free port, trust auth.
+
+    Run as the `postgres` OS user when the tests run as root (PostgreSQL refuses root).
+    """
+
+    port: int
+    base: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [str(POSTGRES_BIN / program), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def init(self) -> "PostgresServer":
+        self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
+                  "-E", "UTF8", "--no-sync")  # fmt: skip
+        return self
+
+    def start(self) -> "PostgresServer":
+        """Start it (again, on the same port and data) and wait until it takes connections."""
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200"
+        )
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-o", options,
+                  "-w", "-t", "30", "start")  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended, new connections refused."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data_dir / "postmaster.pid").exists()
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this module's own, which its tests may stop and start."""
+    if not (POSTGRES_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL is not installed in {POSTGRES_BIN}")
+    base = Path(tempfile.mkdtemp(prefix="chat-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    server = PostgresServer(free_port(), base).init().start()
+    yield server
+    if server.running:
+        server.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # --- the browser -------------------------------------------------------------
