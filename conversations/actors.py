@@ -60,6 +60,12 @@ def _membership_of(user: Any) -> Membership | None:
     return membership
 
 
+def actor_for_user(user: Any) -> Actor:
+    """A signed-in person with their membership and team, in one query."""
+    membership = Membership.objects.filter(user_id=user.pk).select_related("team").first()
+    return Actor(user=user, membership=membership)
+
+
 def _session_signs_in(user: Any, data: dict[str, Any] | None) -> bool:
     """The session still signs this user in, with their current password (as
     `django.contrib.auth.get_user` decides it)."""

@@ -102,9 +102,7 @@ class HasErrorsFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "yes":
-            failed = Turn.objects.filter(
-                conversation=OuterRef("pk"), state__in=["error", "interrupted"]
-            )
+            failed = Turn.objects.filter(conversation=OuterRef("pk"), state__in=Turn.FAILED_STATES)
             return queryset.filter(Q(pk__in=failed.values("conversation")))
         return queryset
 
@@ -179,7 +177,7 @@ class ConversationReviewAdmin(MetadataLookupsOnly, ReviewPermissions, admin.Mode
                 n_turns=Count("turns", distinct=True),
                 n_tokens=Coalesce(Sum("turns__input_tokens"), 0)
                 + Coalesce(Sum("turns__output_tokens"), 0),
-                n_errors=Count("turns", filter=Q(turns__state__in=["error", "interrupted"])),
+                n_errors=Count("turns", filter=Q(turns__state__in=Turn.FAILED_STATES)),
                 total_cost=Coalesce(_cost_subquery(), Value(Decimal(0))),
             )
         )

@@ -10,12 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
+from .actors import Actor
 from .models import Membership, Spend, Team, Turn, UserBudget
 from .selectors import reply_history
 from .usage import MILLION, reply_cost
@@ -79,21 +79,9 @@ def _active_replies(scope: Q) -> QuerySet[Turn]:
     return Turn.objects.filter(scope, role=Turn.Role.ASSISTANT, state__in=Turn.ACTIVE_STATES)
 
 
-LOOK_UP: Any = object()
-
-
-def membership_of(user_id: int) -> Membership | None:
-    """A person's team membership, with its team, read once per request."""
-    return Membership.objects.filter(user_id=user_id).select_related("team").first()
-
-
-def allowances_for(
-    *, user_id: int, lock: bool = False, membership: Membership | None = LOOK_UP
-) -> list[Allowance]:
-    """The budgets that apply to a person: their own and their team's, if set.
-
-    `membership`: the person's, when the caller already read it (`membership_of`).
-    """
+def allowances_for(*, actor: Actor, lock: bool = False) -> list[Allowance]:
+    """The budgets that apply to a person: their own and their team's, if set."""
+    user_id = actor.user.pk
     allowances = []
     budgets = UserBudget.objects.filter(user_id=user_id)
     if lock:
@@ -103,10 +91,8 @@ def allowances_for(
         spent = _spent(Spend.objects.filter(user_id=user_id))
         held = _held(_active_replies(Q(conversation__owner_id=user_id)))
         allowances.append(Allowance("Your budget", own.monthly_budget_usd, spent, held))
-    if membership is LOOK_UP:
-        membership = membership_of(user_id)
-    if membership is not None and membership.team.monthly_budget_usd is not None:
-        team = membership.team
+    team = actor.team
+    if team is not None and team.monthly_budget_usd is not None:
         if lock:
             team = Team.objects.select_for_update().get(pk=team.pk)
         spent = _spent(Spend.objects.filter(team_id=team.pk))
@@ -131,13 +117,13 @@ class BudgetExceeded(Exception):
         self.message = message
 
 
-def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = LOOK_UP) -> None:
+def budget_hold(*, actor: Actor, cost: Decimal) -> None:
     """Refuse, with a clear message, a reply that could take a budget past its limit.
 
     Call inside the transaction that stores the reply: it locks the budget rows,
     so concurrent sends are checked one after another.
     """
-    for allowance in allowances_for(user_id=user_id, lock=True, membership=membership):
+    for allowance in allowances_for(actor=actor, lock=True):
         if allowance.used + cost > allowance.budget:
             if allowance.left <= 0:
                 raise BudgetExceeded(
@@ -150,21 +136,12 @@ def budget_hold(*, user_id: int, cost: Decimal, membership: Membership | None = 
             )
 
 
-def budget_warnings(*, user_id: int, membership: Membership | None = LOOK_UP) -> list[str]:
+def budget_warnings(*, actor: Actor) -> list[str]:
     return [
         f"{a.label}: {a.percent}% used (${a.used:.2f} of ${a.budget:.2f} this month)."
-        for a in allowances_for(user_id=user_id, membership=membership)
+        for a in allowances_for(actor=actor)
         if a.budget and a.used >= a.budget * WARN_FRACTION
     ]
-
-
-def model_allowed_for(*, user: Any, model: str, membership: Membership | None = LOOK_UP) -> bool:
-    """Whether the person's team may use `model` (no team, or an empty list: all)."""
-    if membership is LOOK_UP:
-        membership = membership_of(user.pk)
-    if membership is None or not membership.team.allowed_models:
-        return True
-    return model in membership.team.allowed_models
 
 
 def output_estimate(text: str) -> int:

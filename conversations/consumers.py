@@ -1,58 +1,48 @@
 """The chat socket: authenticate, parse a frame, call a service, send fragments."""
 
 import asyncio
-import html
 import json
 import logging
-import operator
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.template.loader import render_to_string
 
 from chatsite.outages import outage_over, outage_seen
 
-from .actors import SocketCredentials, actor_for_socket
-from .budgets import budget_warnings
-from .gateway import ChatRequest
+from .actors import Actor, SocketCredentials, actor_for_socket
+from .fragments import (
+    ack_fragment,
+    deferred_turn_fragment,
+    error_fragment,
+    frame_too_large_fragment,
+    text_fragment,
+    turns_fragment,
+)
 from .models import Conversation, Turn
 from .replies import (
     control_group,
     conversation_group,
-    render_reply_controls,
-    render_turn,
     reply_launch,
     reply_not_starting,
     reply_starting,
 )
 from .selectors import conversation_get_for, turn_active
 from .services import (
+    Edit,
+    ReplyAction,
+    ReplyBegun,
+    Retry,
+    Send,
     SendRefused,
-    message_edit,
-    message_send,
-    reply_prepare,
-    reply_retry,
+    reply_begin,
     reply_stop_request,
 )
 
 logger = logging.getLogger("conversations.consumers")
-
-
-def error_fragment(message: str) -> str:
-    return render_to_string("conversations/partials/composer_status.html", {"error": message})
-
-
-def ack_fragment(warnings: list[str]) -> str:
-    return render_to_string(
-        "conversations/partials/composer_status.html", {"ack": True, "warnings": warnings}
-    )
-
 
 # Text of one frame at most (a catch-up of a long reply goes in several): escaped,
 # and as UTF-8, it stays well below daphne's 1 MiB frame limit.
@@ -65,24 +55,6 @@ FRAME_CHARS_SURELY_SMALL = FRAME_BYTES // 4
 SYNC_TURNS = 50
 
 
-def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
-    """Escaped text for a streaming reply: appended, or replacing what the page has."""
-    swap = "true" if replace else f"beforeend:#turn-{turn_id}-text"
-    return (
-        f'<div id="turn-{turn_id}-text" class="turn-text streaming" hx-swap-oob="{swap}">'
-        f"{html.escape(text, quote=False)}</div>"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Begun:
-    conversation: Conversation  # as stored now
-    result: Any  # what the service returned
-    reply: Turn  # started: streaming, unless it was ended elsewhere first
-    request: ChatRequest | None
-    warnings: list[str]
-
-
 class SocketRevoked(Exception):
     """The person behind the socket signed out, changed password or was deactivated."""
 
@@ -93,7 +65,8 @@ class ConversationGone(Exception):
 
 def _frame_context(
     credentials: SocketCredentials, conversation_id: Any
-) -> tuple[Any, Conversation]:
+) -> tuple[Actor, Conversation]:
+    """The person and the conversation as they are now, or the frame is refused."""
     actor, conversation = actor_for_socket(credentials=credentials, conversation_id=conversation_id)
     if actor is None:
         raise SocketRevoked
@@ -102,28 +75,13 @@ def _frame_context(
     return actor, conversation
 
 
-def _begin_reply(
-    service: Callable[..., Any],
-    reply_of: Callable[[Any], Turn],
-    credentials: SocketCredentials,
-    conversation_id: Any,
-    kwargs: Any,
-) -> Begun:
-    """In one visit to the database thread: check the person and read the
-    conversation as they are now, store, start the reply, build its upstream
-    request, read the owner's budget warnings."""
+def _begin(credentials: SocketCredentials, conversation_id: Any, action: ReplyAction) -> ReplyBegun:
+    """One visit to the database thread: check, store, start. The reply is this
+    process's from here on (no sweep takes it) until its runner is launched."""
     actor, conversation = _frame_context(credentials, conversation_id)
-    membership = actor.membership  # read once for the checks, the hold and the warnings
-    result = service(conversation=conversation, membership=membership, **kwargs)
-    reply = reply_of(result)
-    reply_starting(reply.pk)
-    try:
-        request = reply_prepare(turn=reply)
-        warnings = budget_warnings(user_id=actor.user.pk, membership=membership)
-    except BaseException:
-        reply_not_starting(reply.pk)
-        raise
-    return Begun(conversation, result, reply, request, warnings)
+    begun = reply_begin(actor=actor, conversation=conversation, action=action)
+    reply_starting(begun.reply.pk)
+    return begun
 
 
 def _stop_reply(credentials: SocketCredentials, conversation_id: Any) -> Turn | None:
@@ -158,6 +116,18 @@ def _turn_id(value: Any) -> int | None:
         return value
     if isinstance(value, str) and _TURN_ID.fullmatch(value):
         return int(value)
+    return None
+
+
+def action_of(frame: dict[str, Any]) -> ReplyAction | None:
+    """The reply a send, retry or edit frame asks for; None when it cannot be read."""
+    kind, text, turn_id = frame.get("action") or "send", frame.get("message"), frame.get("turn")
+    if kind == "send" and isinstance(text, str):
+        return Send(text)
+    if kind == "retry" and (turn := _turn_id(turn_id)) is not None:
+        return Retry(turn)
+    if kind == "edit" and isinstance(text, str) and (turn := _turn_id(turn_id)) is not None:
+        return Edit(turn, text)
     return None
 
 
@@ -253,7 +223,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if not self._fits(text_data):
                 logger.error("frame_too_large conversation=%s chars=%d", self.conversation.pk,
                              len(text_data))  # fmt: skip
-                text_data = render_to_string("conversations/partials/frame_too_large.html")
+                text_data = frame_too_large_fragment()
         await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -289,54 +259,54 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(frame, dict):
             await self.send(text_data=error_fragment("That message could not be read."))
             return
-        action = frame.get("action") or "send"
-        if action == "ack":
+        kind = frame.get("action") or "send"
+        if kind == "ack":
             self._ack(frame.get("received"))
-        elif action == "sync":
+        elif kind == "sync":
             await self._catch_up_page(frame.get("turns"), frame.get("last"))
-        elif action == "stop":
+        elif kind == "stop":
             await self._stop()
-        elif action == "send":
-            await self._send_message(frame.get("message"))
-        elif action == "retry":
-            await self._retry(frame.get("turn"))
-        elif action == "edit":
-            await self._edit(frame.get("turn"), frame.get("message"))
-        else:
+        elif kind not in ("send", "retry", "edit"):
             await self.send(text_data=error_fragment("Unknown action."))
+        elif (action := action_of(frame)) is not None:
+            await self._start(action)
+        elif kind == "send":
+            await self.send(text_data=error_fragment("Type a message first."))
+        else:
+            await self.send(text_data=error_fragment("That message could not be read."))
 
-    async def _begin(
-        self, service: Callable[..., Any], reply_of: Callable[[Any], Turn], **kwargs: Any
-    ) -> Begun | None:
-        """Run a service that makes a reply; a refusal becomes an error fragment for
-        this socket only."""
+    async def _start(self, action: ReplyAction) -> None:
+        """Begin a reply; show every open page the turns, acknowledge this one.
+
+        A refusal becomes an error fragment for this socket only. The runner is
+        launched before anything else can fail, and the upstream request goes out
+        first; the reply's first text waits until the pages have been sent its turn
+        (`announced`), which happens even if rendering fails.
+        """
         try:
-            begun = await database_sync_to_async(_begin_reply)(
-                service, reply_of, self.credentials, self.conversation.pk, kwargs
+            begun = await database_sync_to_async(_begin)(
+                self.credentials, self.conversation.pk, action
             )
         except SendRefused as exc:
             await self.send(text_data=error_fragment(exc.message))
-            return None
+            return
         except ValidationError as exc:
             await self.send(text_data=error_fragment(" ".join(exc.messages)))
-            return None
+            return
         self.conversation = begun.conversation
-        return begun
-
-    async def _broadcast_start(self, begun: Begun, render: Callable[[], str]) -> None:
-        """Start the reply, show every open page the new turns, acknowledge this one.
-
-        The runner is launched before anything else can fail, and the upstream
-        request goes out first; the reply's first text waits until the pages have
-        been sent its turn (`announced`), which happens even if rendering fails.
-        """
         try:
             runner = await reply_launch(turn=begun.reply, request=begun.request)
         finally:
             reply_not_starting(begun.reply.pk)
         try:
             await asyncio.sleep(0)  # let the runner send the upstream request now
-            html = render() + render_reply_controls(active_turn=begun.reply)
+            html = turns_fragment(
+                conversation=begun.conversation,
+                added=begun.added,
+                changed=begun.changed,
+                removed=begun.removed,
+                active_turn=begun.reply,
+            )
             try:
                 await self.channel_layer.group_send(
                     self.group, {"type": "turn.created", "html": html}
@@ -351,57 +321,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             runner.announced.set()
         await self.send(text_data=ack_fragment(begun.warnings))
-
-    async def _send_message(self, text: Any) -> None:
-        if not isinstance(text, str):
-            await self.send(text_data=error_fragment("Type a message first."))
-            return
-        begun = await self._begin(message_send, operator.itemgetter(1), text=text, start=True)
-        if begun is None:
-            return
-        await self._broadcast_start(
-            begun,
-            lambda: render_to_string(
-                "conversations/partials/turns_append.html",
-                {"turns": list(begun.result), "conversation": begun.conversation},
-            ),
-        )
-
-    async def _retry(self, value: Any) -> None:
-        turn_id = _turn_id(value)
-        if turn_id is None:
-            await self.send(text_data=error_fragment("That message could not be read."))
-            return
-        begun = await self._begin(reply_retry, lambda reply: reply, turn_id=turn_id)
-        if begun is not None:
-            await self._broadcast_start(begun, lambda: render_turn(begun.reply, oob=True))
-
-    async def _edit(self, value: Any, text: Any) -> None:
-        turn_id = _turn_id(value)
-        if turn_id is None or not isinstance(text, str):
-            await self.send(text_data=error_fragment("That message could not be read."))
-            return
-        begun = await self._begin(
-            message_edit, operator.attrgetter("reply"), turn_id=turn_id, text=text
-        )
-        if begun is None:
-            return
-        edited = begun.result
-
-        def render() -> str:
-            removed = "".join(
-                f'<article id="turn-{pk}" hx-swap-oob="delete"></article>' for pk in edited.removed
-            )
-            return (
-                removed
-                + render_turn(edited.user_turn, oob=True)
-                + render_to_string(
-                    "conversations/partials/turns_append.html",
-                    {"turns": [edited.reply], "conversation": begun.conversation},
-                )
-            )
-
-        await self._broadcast_start(begun, render)
 
     async def _stop(self) -> None:
         # Both paths, so Stop works whichever process runs the reply: the channel
@@ -426,14 +345,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stale, newer, active = await database_sync_to_async(_turns_to_sync)(
             self.credentials, self.conversation.pk, ids[:SYNC_TURNS], _turn_id(last)
         )
-        html = "".join(render_turn(turn, oob=True) for turn in stale)
-        if newer:
-            html += render_to_string(
-                "conversations/partials/turns_append.html",
-                {"turns": newer, "conversation": self.conversation},
+        if stale or newer:
+            await self.send(
+                text_data=turns_fragment(
+                    conversation=self.conversation, added=newer, changed=stale, active_turn=active
+                )
             )
-        if html:
-            await self.send(text_data=html + render_reply_controls(active_turn=active))
         streaming = active is not None and active.state == Turn.State.STREAMING
         if streaming and active.pk not in self.awaiting_catchup:
             await self._request_catchup(active.pk)
@@ -498,9 +415,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self._fits(html):
             # A very long reply's rendering is more than one frame may carry: the
             # page shows its state at once and loads the rendering over HTTP.
-            html = render_to_string(
-                "conversations/partials/turn_deferred.html",
-                {"turn_id": turn_id, "state": event.get("state", ""),
-                 "conversation_id": self.conversation.pk},
-            ) + render_reply_controls(active_turn=None)  # fmt: skip
+            html = deferred_turn_fragment(
+                conversation_id=self.conversation.pk, turn_id=turn_id, state=event["state"]
+            )
         await self.send(text_data=html)

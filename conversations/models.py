@@ -155,6 +155,10 @@ class Conversation(models.Model):
         return self.title or "New chat"
 
 
+# Turn.ACTIVE_STATES, for its Meta (a class body cannot see its class's names).
+_ACTIVE_STATE_VALUES = ["pending", "streaming"]
+
+
 class Turn(models.Model):
     """A message in a conversation: the user's, or an assistant reply with its own record."""
 
@@ -170,7 +174,20 @@ class Turn(models.Model):
         CANCELLED = "cancelled"
         INTERRUPTED = "interrupted"
 
+    # The reply state machine, defined here only. A reply is written (pending, then
+    # streaming) and ends once, in a final state; an ended reply may be written again
+    # (Retry, Regenerate), which starts it anew.
     ACTIVE_STATES = (State.PENDING, State.STREAMING)
+    FINAL_STATES = (State.COMPLETE, State.ERROR, State.CANCELLED, State.INTERRUPTED)
+    FAILED_STATES = (State.ERROR, State.INTERRUPTED)  # ended without the whole reply
+    TRANSITIONS: dict[str, tuple[str, ...]] = {
+        State.PENDING: (State.STREAMING, *FINAL_STATES),
+        State.STREAMING: FINAL_STATES,
+        State.COMPLETE: ACTIVE_STATES,
+        State.ERROR: ACTIVE_STATES,
+        State.CANCELLED: ACTIVE_STATES,
+        State.INTERRUPTED: ACTIVE_STATES,
+    }
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
     position = models.PositiveIntegerField()
@@ -207,7 +224,7 @@ class Turn(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["conversation"],
-                condition=Q(state__in=["pending", "streaming"]),
+                condition=Q(state__in=_ACTIVE_STATE_VALUES),
                 name="turn_one_active_reply",
             ),
         ]
@@ -220,8 +237,13 @@ class Turn(models.Model):
         return self.state in self.ACTIVE_STATES
 
     @property
-    def dom_id(self) -> str:
-        return f"turn-{self.pk}"
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+    @classmethod
+    def states_that_may_become(cls, state: str) -> tuple[str, ...]:
+        """The states a reply may be in to move to `state` (for a guarded UPDATE)."""
+        return tuple(old for old, new in cls.TRANSITIONS.items() if state in new)
 
 
 class Preset(models.Model):
@@ -350,3 +372,6 @@ class UpstreamCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} by {self.user} at {self.created_at:%H:%M:%S}"
+
+
+assert list(Turn.ACTIVE_STATES) == _ACTIVE_STATE_VALUES  # the constraint names the same states

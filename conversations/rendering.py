@@ -22,7 +22,7 @@ from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
-__all__ = ["render_markdown", "render_plain"]
+__all__ = ["render_markdown"]
 
 _LANG_UNSAFE = re.compile(r"[^A-Za-z0-9_+-]")
 _MAX_LANG_LEN = 40
@@ -163,8 +163,3 @@ def _render_markdown(text: str) -> str:
 
 
 _render_markdown_cached = lru_cache(maxsize=RENDER_CACHE_SIZE)(_render_markdown)
-
-
-def render_plain(text: str) -> str:
-    """Escape text for display while a reply streams; newlines are kept by CSS pre-wrap."""
-    return html.escape(text)

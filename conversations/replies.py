@@ -18,20 +18,19 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
-from django.template.loader import render_to_string
 
 from chatsite.outages import outage_over, outage_seen
 
+from .fragments import final_fragment, turn_fragment
 from .gateway import (
     ChatRequest,
+    Finished,
     Provider,
     ReplyError,
-    ResponseStarted,
+    Response,
     TextDelta,
-    Usage,
     provider_for,
 )
-from .gateway.events import Finished
 from .models import Turn
 from .services import (
     INTERRUPTED_MESSAGE,
@@ -80,12 +79,10 @@ class CheckpointBatcher:
         self._writer: asyncio.Task[None] | None = None
 
     def save(self, turn_id: int, content: str | None) -> asyncio.Future[bool]:
-        """Resolves to `turn_checkpoint`'s answer for this reply."""
+        """Resolves to whether the reply was saved (`turn_checkpoints`)."""
+        # One checkpoint in flight per reply (`ReplyRunner._start_checkpoint`), so a
+        # reply is never due twice.
         future: asyncio.Future[bool] = self._loop.create_future()
-        earlier = self._due.get(turn_id)
-        if earlier is not None:  # a newer text supersedes one not yet written
-            content = earlier[0] if content is None else content
-            earlier[1].cancel()
         self._due[turn_id] = (content, future)
         if self._writer is None or self._writer.done():
             self._writer = self._loop.create_task(self._write())
@@ -127,16 +124,6 @@ def _checkpoints_for(loop: asyncio.AbstractEventLoop) -> CheckpointBatcher:
     return batcher
 
 
-def render_turn(turn: Turn, *, oob: bool) -> str:
-    return render_to_string("conversations/partials/turn.html", {"turn": turn, "oob": oob})
-
-
-def render_reply_controls(*, active_turn: Turn | None) -> str:
-    return render_to_string(
-        "conversations/partials/reply_controls.html", {"active_turn": active_turn, "oob": True}
-    )
-
-
 class ReplyRunner:
     """Runs one reply.
 
@@ -160,12 +147,8 @@ class ReplyRunner:
         self.provider = provider or provider_for(turn.model)
         self.layer = get_channel_layer()
         self.group = conversation_group(self.conversation_id)
-        self.parts: list[str] = []
-        self.length = 0
+        self.response = Response()
         self.sent = 0  # characters already sent to the group
-        self.log_id = ""
-        self.usage = Usage()
-        self.stop_reason = ""
         self.stop_requested = False
         self.interrupting = False
         self.finishing = False  # the outcome is decided: nothing may cancel the final write
@@ -182,9 +165,11 @@ class ReplyRunner:
 
     @property
     def text(self) -> str:
-        if len(self.parts) > 1:
-            self.parts = ["".join(self.parts)]
-        return self.parts[0] if self.parts else ""
+        return self.response.text
+
+    @property
+    def length(self) -> int:
+        return self.response.length
 
     # --- lifecycle --------------------------------------------------------
 
@@ -247,24 +232,19 @@ class ReplyRunner:
         self._last_checkpoint = self._loop.time()
         async with aclosing(self.provider.stream(request)) as events:
             async for event in events:
+                self.response.add(event)
                 if isinstance(event, TextDelta):
-                    await self._append(event.text)
-                elif isinstance(event, ResponseStarted):
-                    self.log_id = event.log_id or self.log_id
-                elif isinstance(event, Usage):
-                    self.usage = event
+                    await self._text_arrived()
                 elif isinstance(event, Finished):
-                    self.stop_reason = event.stop_reason
-                    return self._outcome(Turn.State.COMPLETE, stop_reason=event.stop_reason)
+                    return self._outcome(Turn.State.COMPLETE)
                 elif isinstance(event, ReplyError):
-                    self.log_id = event.extra.get("log_id") or self.log_id
                     logger.warning(
                         "reply_error turn=%s kind=%s status=%s code=%s log_id=%s",
                         self.turn_id,
                         event.kind,
                         event.status,
                         event.code,
-                        self.log_id,
+                        self.response.log_id,
                     )
                     return self._outcome(Turn.State.ERROR, error=event.message)
         return self._outcome(Turn.State.ERROR, error="The reply ended before it was complete.")
@@ -296,10 +276,10 @@ class ReplyRunner:
             state=state,
             content=self.text,
             error_message=error,
-            stop_reason=stop_reason or self.stop_reason,
-            input_tokens=self.usage.input_tokens,
-            output_tokens=self.usage.output_tokens,
-            gateway_log_id=self.log_id,
+            stop_reason=stop_reason or self.response.stop_reason,
+            input_tokens=self.response.usage.input_tokens,
+            output_tokens=self.response.usage.output_tokens,
+            gateway_log_id=self.response.log_id,
         )
 
     async def _finish(self, outcome: ReplyOutcome) -> None:
@@ -350,7 +330,7 @@ class ReplyRunner:
 
     async def _broadcast_state(self) -> None:
         self.turn.state = Turn.State.STREAMING
-        html = render_turn(self.turn, oob=True)
+        html = turn_fragment(self.turn, oob=True)
         await self._publish({"type": "reply.state", "turn_id": self.turn_id, "html": html})
 
     async def _publish(self, message: dict[str, Any]) -> bool:
@@ -366,9 +346,7 @@ class ReplyRunner:
 
     # --- text: coalesced sends and batched checkpoints ---------------------
 
-    async def _append(self, text: str) -> None:
-        self.parts.append(text)
-        self.length += len(text)
+    async def _text_arrived(self) -> None:
         now = self._loop.time()
         interval = flush_interval()
         if now - self._last_flush >= interval:
@@ -476,7 +454,7 @@ class ReplyRunner:
 
 async def reply_broadcast_final(turn: Turn) -> None:
     """Show every open page of the conversation the reply's final state."""
-    html = render_turn(turn, oob=True) + render_reply_controls(active_turn=None)
+    html = final_fragment(turn)
     await get_channel_layer().group_send(
         conversation_group(turn.conversation_id),
         {"type": "reply.finished", "turn_id": turn.pk, "state": turn.state, "html": html},
@@ -546,8 +524,3 @@ async def reply_launch(
     runner = ReplyRunner(turn=turn, provider=provider, request=request)
     await runner.start()
     return runner
-
-
-def reply_runner(turn_id: int) -> ReplyRunner | None:
-    """The runner of a reply in this process, if it is running here."""
-    return _running.get(turn_id)

@@ -95,12 +95,6 @@ def presets_for(*, user: Any) -> QuerySet[Preset]:
     )
 
 
-def membership_for(*, user: Any) -> Membership | None:
-    if not user.is_authenticated:
-        return None
-    return Membership.objects.filter(user=user).select_related("team").first()
-
-
 def preset_get_for(*, user: Any, preset_id: Any) -> Preset | None:
     try:
         return presets_for(user=user).get(pk=int(preset_id))

@@ -23,7 +23,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from chatsite.layers import channel_layer_ping
 from chatsite.outages import outage_over, outage_seen
 
-from .budgets import allowances_for, model_allowed_for
+from .actors import Actor, actor_for_user
+from .budgets import allowances_for
 from .forms import (
     ConversationCreateForm,
     ConversationRenameForm,
@@ -41,7 +42,6 @@ from .selectors import (
     conversation_readable_for,
     conversation_search_for,
     conversations_shared_with,
-    membership_for,
     preset_get_for,
     presets_for,
     turn_get_for,
@@ -77,11 +77,11 @@ def _form_error(form: forms.Form) -> str:
     return " ".join(str(message) for messages in form.errors.values() for message in messages)
 
 
-def _models_context(user: Any) -> list[dict[str, object]]:
+def _models_context(actor: Actor) -> list[dict[str, object]]:
     models = []
     for model_id, spec in settings.CHAT_MODELS.items():
         available = model_available(model_id)
-        allowed = model_allowed_for(user=user, model=model_id)
+        allowed = actor.may_use(model_id)
         reason = (
             ""
             if available and allowed
@@ -130,17 +130,17 @@ def _list_page(
         search_error = _form_error(search)
         status = 400
     page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
-    membership = membership_for(user=request.user)
+    actor = actor_for_user(request.user)  # once per request: team, models, budgets
     context = {
         "page_obj": page,
         "query": query,
         "search_error": search_error,
         "form": form,
-        "models": _models_context(request.user),
+        "models": _models_context(actor),
         "presets": presets_for(user=request.user),
         "shared": conversations_shared_with(user=request.user)[:50],
-        "allowances": allowances_for(user_id=request.user.pk),  # type: ignore[arg-type]
-        "membership": membership,
+        "allowances": allowances_for(actor=actor),
+        "membership": actor.membership,
     }
     template = (
         "conversations/partials/conversation_list.html"
@@ -183,14 +183,15 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     conversation = _get_readable_conversation(request, conversation_id)
     read_only = conversation.owner_id != request.user.pk
     window = _turn_window(conversation)
+    actor = actor_for_user(request.user)
     context = {
         "conversation": conversation,
         **window,
         "active_turn": next((t for t in window["turns"] if t.is_active), None),
         "read_only": read_only,
         "settings_form": None if read_only else _settings_form(conversation),
-        "models": _models_context(request.user),
-        "membership": membership_for(user=request.user),
+        "models": _models_context(actor),
+        "membership": actor.membership,
         "review_accesses": []
         if read_only
         else conversation.review_accesses.select_related("reviewer")[:5],
@@ -281,7 +282,7 @@ def _settings_panel(
             "settings_form": form,
             "saved": saved,
             "preset_error": preset_error,
-            "models": _models_context(request.user),
+            "models": _models_context(actor_for_user(request.user)),
         },
         status=status,
     )
@@ -406,7 +407,7 @@ def conversation_share_view(request: HttpRequest, conversation_id: uuid.UUID) ->
     return render(
         request,
         "conversations/partials/share.html",
-        {"conversation": conversation, "membership": membership_for(user=request.user)},
+        {"conversation": conversation, "membership": actor_for_user(request.user).membership},
     )
 
 

@@ -1,20 +1,29 @@
-"""Fixtures: users, conversations, a scripted provider, the gateway emulator, a live daphne."""
+"""Fixtures: users, conversations, a scripted provider, the gateway emulator, a live daphne.
 
+And the helpers test modules share (signing in, the chat socket, waiting on what can be
+seen): import them from here, not from one another.
+"""
+
+import asyncio
+import inspect
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client
 
 from conversations.gateway import provider_override
 from conversations.gateway.fake import ScriptedProvider
@@ -24,6 +33,139 @@ ROOT = Path(__file__).resolve().parent.parent
 SONNET = "anthropic/claude-sonnet-4"
 HAIKU = "anthropic/claude-haiku-4.5"
 PASSWORD = "a-Long-test-password-42"
+
+
+# --- shared helpers: signing in, the chat socket, waiting on what can be seen ---
+
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")  # an Origin header the socket accepts
+REDIS = ("127.0.0.1", 6379)  # the shared Redis the team-deployment tests use
+T = TypeVar("T")
+
+
+def reachable(host: str, port: int) -> bool:
+    """Whether a server (Redis, PostgreSQL) accepts connections there: tests skip if not."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def signed_in_client(user: Any) -> Client:
+    """A Django test client with a session of `user`'s."""
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def signed_in(client: Client, user: Any) -> Client:
+    """The `client` fixture, signed in as `user`."""
+    client.force_login(user)
+    return client
+
+
+async def _chat_socket(
+    conversation: Any, who: Any, origin: tuple[bytes, bytes]
+) -> tuple[Any, bool]:
+    from channels.testing import WebsocketCommunicator
+
+    from chatsite.asgi import application
+
+    if not isinstance(who, Client):
+        who = await sync_to_async(signed_in_client)(who)
+    cookie = f"sessionid={who.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(
+        application, f"/ws/conversations/{conversation.pk}/", headers=[origin, (b"cookie", cookie)]
+    )
+    accepted, _ = await communicator.connect()
+    return communicator, accepted
+
+
+async def open_chat_socket(
+    conversation: Any, who: Any, *, origin: tuple[bytes, bytes] = ORIGIN
+) -> Any:
+    """The chat page's socket (a `WebsocketCommunicator` on the real application), opened
+    as `who`: a user (a new session of theirs) or a signed-in client (its session)."""
+    communicator, accepted = await _chat_socket(conversation, who, origin)
+    assert accepted, "the chat socket was refused"
+    return communicator
+
+
+async def chat_socket_accepted(
+    conversation: Any, who: Any, *, origin: tuple[bytes, bytes] = ORIGIN
+) -> bool:
+    """Whether the chat page's socket opens for `who` (see `open_chat_socket`) from `origin`."""
+    communicator, accepted = await _chat_socket(conversation, who, origin)
+    if accepted:
+        await communicator.disconnect()
+    return accepted
+
+
+async def frames_until(communicator: Any, pattern: str, timeout: float = 5) -> list[str]:
+    """The frames the socket receives up to and including the first that matches `pattern`."""
+    frames: list[str] = []
+    while True:
+        frame = await communicator.receive_from(timeout=timeout)
+        frames.append(frame)
+        if re.search(pattern, frame):
+            return frames
+
+
+async def get_turns(conversation: Any) -> list[Any]:
+    """The conversation's turns as stored, in order."""
+    return await sync_to_async(lambda: list(conversation.turns.order_by("position")))()
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 5, *, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns something true, and return that; fail the test
+    after `timeout` seconds. For waiting on something observable instead of sleeping."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what or predicate} after {timeout} s")
+        time.sleep(interval)
+    return result
+
+
+async def wait_until_async(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float = 5,
+    *,
+    interval: float = 0.02,
+    what: str = "",
+) -> T:
+    """`wait_until` inside an event loop; `predicate` may be a coroutine function (a query
+    through `sync_to_async`, say)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what or predicate} after {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def reply_reaches(conversation: Any, *states: str, timeout: float = 5) -> Any:
+    """Wait until the conversation's latest reply is stored in one of `states`; return it."""
+    from conversations.models import Turn
+
+    def stored() -> Any:
+        reply = (
+            Turn.objects.filter(conversation_id=conversation.pk, role="assistant")
+            .order_by("position")
+            .last()
+        )
+        return reply if reply is not None and reply.state in states else None
+
+    return await wait_until_async(
+        sync_to_async(stored), timeout, what=f"its reply stored {' or '.join(states)}"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -205,6 +347,39 @@ def prepare_database(env: dict[str, str], setup: str) -> None:
             [sys.executable, "manage.py", *args, "-v", "0"],
             cwd=ROOT, env=env, check=True, timeout=180, capture_output=True,
         )  # fmt: skip
+
+
+def prepare_shared_database(
+    *,
+    emulator_env: dict[str, str],
+    database: str,
+    redis_url: str,
+    var_dir: Path,
+    people: int,
+    usernames: tuple[str, ...] = ("alice",),
+) -> dict[str, str]:
+    """The environment of server processes sharing one PostgreSQL and one Redis (with
+    `people` users `user0`… and `usernames`), their database migrated and filled."""
+    env = {
+        **os.environ,
+        **emulator_env,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_url,
+        "CHAT_VAR_DIR": str(var_dir),
+        "DJANGO_SECRET_KEY": "shared-test-secret-key-the-same-for-every-process-0123456789",
+        "CHAT_CHECKPOINT_INTERVAL": "0.2",
+        "CHAT_HEARTBEAT_INTERVAL": "0.3",
+        "CHAT_SEND_RATE_LIMIT": "1000",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    names = [f"user{n}" for n in range(people)] + list(usernames)
+    setup = (
+        "from django.contrib.auth import get_user_model; U = get_user_model(); "
+        f"[U.objects.create_user(username=name, password='{PASSWORD}') for name in {names!r}]"
+    )
+    prepare_database(env, setup)
+    return env
 
 
 @pytest.fixture

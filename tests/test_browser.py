@@ -132,7 +132,10 @@ def test_reload_mid_reply_shows_partial_text_and_continues(page, emulator) -> No
     streaming = page.locator('article[data-role="assistant"][data-state="streaming"]')
     streaming.wait_for()
     assert text.inner_text().startswith("tok0 tok1")  # the text so far, from the server
-    page.wait_for_timeout(800)
+    page.wait_for_function(
+        "() => document.querySelector('article[data-role=assistant] .turn-text')"
+        ".textContent.trim().split(/\\s+/).length > 40"
+    )
     shown = text.inner_text()
     assert streamed_is_consecutive(shown), shown  # caught up: no gap, no double
     assert len(shown.split()) > 40
@@ -146,7 +149,8 @@ def test_double_click_on_send_creates_one_turn(page, emulator) -> None:
     page.get_by_role("textbox", name="Message").fill("only once, please")
     page.get_by_role("button", name="Send").dblclick()
     page.locator('article[data-role="assistant"][data-state="complete"]').wait_for()
-    page.wait_for_timeout(300)
+    # The second click reached the server and was refused, not queued: the page says so.
+    page.locator("#composer-status .error", has_text="A reply is still being written").wait_for()
     assert page.locator('article[data-role="user"]').count() == 1
     assert page.locator('article[data-role="assistant"]').count() == 1
     page.reload()

@@ -10,14 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from conversations.models import Conversation, Preset, Turn
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
-from tests.conftest import HAIKU, SONNET
-from tests.test_consumer import connect, frames_until, get_turns
-
-
-@pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
+from tests.conftest import HAIKU, SONNET, frames_until, get_turns, open_chat_socket
 
 
 def exchange(conversation, question: str, answer: str, **usage) -> tuple[Turn, Turn]:
@@ -228,7 +221,7 @@ class TestTurnActions:
         first_q, first_a = await sync_to_async(exchange)(conversation, "Frist question", "one")
         _, second_a = await sync_to_async(exchange)(conversation, "second", "two")
         fake_provider.script = fake_provider.reply("a fresh answer")
-        communicator, _ = await connect(conversation, user)
+        communicator = await open_chat_socket(conversation, user)
         await communicator.send_to(
             text_data=json.dumps(
                 {"action": "edit", "turn": str(first_q.pk), "message": "First question"}
@@ -253,7 +246,7 @@ class TestTurnActions:
         self, conversation, user, fake_provider
     ):
         first_q, _ = await sync_to_async(exchange)(conversation, "question", "answer")
-        communicator, _ = await connect(conversation, user)
+        communicator = await open_chat_socket(conversation, user)
         for frame in (
             {"action": "edit", "turn": str(first_q.pk), "message": "  "},
             {"action": "edit", "turn": "99999", "message": "x"},
@@ -267,7 +260,7 @@ class TestTurnActions:
     async def test_regenerate_the_last_reply(self, conversation, user, fake_provider):
         _, reply = await sync_to_async(exchange)(conversation, "question", "old answer")
         fake_provider.script = fake_provider.reply("new answer")
-        communicator, _ = await connect(conversation, user)
+        communicator = await open_chat_socket(conversation, user)
         await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(reply.pk)}))
         await frames_until(communicator, r'data-state="complete"')
         assert [t.content for t in await get_turns(conversation)] == ["question", "new answer"]

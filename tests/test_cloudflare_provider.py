@@ -404,3 +404,29 @@ def test_input_tokens_are_known_before_the_first_text_arrives(emulator) -> None:
     seen = asyncio.run(stop_at_first_text())
     assert isinstance(seen[-1], TextDelta)
     assert [e.input_tokens for e in seen if isinstance(e, Usage)] == [321]
+
+
+def test_a_response_adds_up_a_calls_events() -> None:
+    from conversations.gateway import Response
+
+    response = Response()
+    for event in (
+        ResponseStarted("log-1"),
+        Usage(321, 1),
+        TextDelta("Hel"),
+        TextDelta("lo"),
+        Usage(321, 2),
+        Finished("max_tokens"),
+    ):
+        response.add(event)
+    assert (response.text, response.length) == ("Hello", 5)
+    assert (response.usage, response.stop_reason, response.log_id) == (
+        Usage(321, 2),
+        "max_tokens",
+        "log-1",
+    )
+    assert response.finished and response.error is None
+    assert response.seconds_to_first_text is not None and response.seconds_to_first_text >= 0
+    failed = Response()
+    failed.add(ReplyError("gone", kind="dropped", log_id="log-2"))
+    assert (failed.error.kind, failed.log_id, failed.text) == ("dropped", "log-2", "")

@@ -1,45 +1,22 @@
 """The chat socket end to end: the real ASGI application, a scripted provider."""
 
-import asyncio
 import json
 import re
 
 import pytest
-from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.test import Client
 
-from chatsite.asgi import application
 from conversations.gateway import Finished, ReplyError, ResponseStarted, TextDelta, Usage
 from conversations.gateway.fake import Pause
 from conversations.models import Turn
+from tests.conftest import (
+    chat_socket_accepted,
+    frames_until,
+    get_turns,
+    open_chat_socket,
+    reply_reaches,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ORIGIN = (b"origin", b"http://127.0.0.1:8000")
-
-
-def session_cookie(user) -> bytes:
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}".encode()
-
-
-async def connect(conversation, user, origin=ORIGIN):
-    cookie = await sync_to_async(session_cookie)(user)
-    communicator = WebsocketCommunicator(
-        application, f"/ws/conversations/{conversation.pk}/", headers=[origin, (b"cookie", cookie)]
-    )
-    connected, _ = await communicator.connect()
-    return communicator, connected
-
-
-async def frames_until(communicator, pattern: str, timeout: float = 5) -> list[str]:
-    frames: list[str] = []
-    while True:
-        frame = await communicator.receive_from(timeout=timeout)
-        frames.append(frame)
-        if re.search(pattern, frame):
-            return frames
 
 
 def streamed_text(frames: list[str], turn_id: int) -> str:
@@ -52,14 +29,9 @@ def streamed_text(frames: list[str], turn_id: int) -> str:
     return "".join(pieces)
 
 
-async def get_turns(conversation):
-    return await sync_to_async(list)(conversation.turns.order_by("position"))
-
-
 async def test_send_streams_reply_to_the_socket_and_stores_it(conversation, user, fake_provider):
     fake_provider.script = fake_provider.reply("Hello <b>world</b> & friends", pieces=4)
-    communicator, connected = await connect(conversation, user)
-    assert connected
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "Hi!", "HEADERS": {}}))
     frames = await frames_until(communicator, r'data-state="complete"')
     turns = await get_turns(conversation)
@@ -79,8 +51,8 @@ async def test_send_streams_reply_to_the_socket_and_stores_it(conversation, user
 
 async def test_every_socket_of_the_conversation_sees_the_reply(conversation, user, fake_provider):
     fake_provider.script = fake_provider.reply("shared text", pieces=3, delay=0.01)
-    first, _ = await connect(conversation, user)
-    second, _ = await connect(conversation, user)
+    first = await open_chat_socket(conversation, user)
+    second = await open_chat_socket(conversation, user)
     await first.send_to(text_data=json.dumps({"message": "to all tabs"}))
     frames = await frames_until(second, r'data-state="complete"')
     assert "to all tabs" in "".join(frames)
@@ -92,15 +64,11 @@ async def test_every_socket_of_the_conversation_sees_the_reply(conversation, use
 
 async def test_closing_the_socket_does_not_stop_the_reply(conversation, user, fake_provider):
     fake_provider.script = fake_provider.reply("goes on without a socket", pieces=5, delay=0.05)
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     await frames_until(communicator, r'data-state="streaming"')
     await communicator.disconnect()
-    for _ in range(100):
-        reply = (await get_turns(conversation))[1]
-        if reply.state == "complete":
-            break
-        await asyncio.sleep(0.05)
+    reply = await reply_reaches(conversation, "complete")
     assert (reply.state, reply.content) == ("complete", "goes on without a socket")
 
 
@@ -112,7 +80,7 @@ async def test_stop_ends_the_reply_cancelled_keeping_its_text(conversation, user
         TextDelta("never"),
         Finished(),
     ]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "long one"}))
     await frames_until(communicator, r"partial")
     await communicator.send_to(text_data=json.dumps({"action": "stop", "HEADERS": {}}))
@@ -130,7 +98,7 @@ async def test_upstream_error_ends_reply_in_error_with_plain_message(
         TextDelta("Half a rep"),
         ReplyError("The model service is overloaded or failing.", status=529),
     ]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "q"}))
     frames = await frames_until(communicator, r'data-state="error"')
     assert "The model service is overloaded or failing." in frames[-1]
@@ -150,7 +118,7 @@ async def test_second_send_while_streaming_is_refused_and_nothing_is_lost(
         Usage(1, 2),
         Finished(),
     ]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "first"}))
     await frames_until(communicator, r'data-state="streaming"')
     await communicator.send_to(text_data=json.dumps({"message": "second"}))
@@ -175,7 +143,7 @@ async def test_second_send_while_streaming_is_refused_and_nothing_is_lost(
 async def test_bad_frames_get_an_error_and_change_nothing(
     conversation, user, fake_provider, frame, message
 ):
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=frame)
     response = await communicator.receive_from(timeout=5)
     assert message in response
@@ -190,13 +158,12 @@ async def test_bad_frames_get_an_error_and_change_nothing(
 
 
 async def test_someone_elses_conversation_is_refused(conversation, other_user):
-    _, connected = await connect(conversation, other_user)
-    assert not connected
+    assert not await chat_socket_accepted(conversation, other_user)
 
 
 async def test_foreign_origin_is_refused(conversation, user):
-    _, connected = await connect(conversation, user, origin=(b"origin", b"http://evil.example"))
-    assert not connected
+    evil = (b"origin", b"http://evil.example")
+    assert not await chat_socket_accepted(conversation, user, origin=evil)
 
 
 async def test_page_that_connects_mid_reply_catches_up_without_gaps(
@@ -212,10 +179,10 @@ async def test_page_that_connects_mid_reply_catches_up_without_gaps(
         TextDelta("four"),
         Finished(),
     ]
-    first, _ = await connect(conversation, user)
+    first = await open_chat_socket(conversation, user)
     await first.send_to(text_data=json.dumps({"message": "count"}))
     await frames_until(first, r"two")
-    late, _ = await connect(conversation, user)
+    late = await open_chat_socket(conversation, user)
     frames = await frames_until(late, r'data-state="complete"')
     reply = (await get_turns(conversation))[1]
     catchup = f'<div id="turn-{reply.pk}-text" class="turn-text streaming" hx-swap-oob="true">'

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chat_client import ChatSocket, create_conversation
-from tests.conftest import SONNET, LiveServer, start_live_server
+from tests.conftest import SONNET, LiveServer, start_live_server, wait_until, wait_until_async
 from tests.emulator import Behaviour, GatewayEmulator, reply_for
 
 pytestmark = pytest.mark.live
@@ -59,6 +59,12 @@ def turns(server: LiveServer, conversation_id: str) -> list[tuple[str, str, str,
             "WHERE conversation_id = ? ORDER BY position",
             (conversation_id.replace("-", ""),),
         ).fetchall()
+
+
+def reply_text(server: LiveServer, conversation_id: str) -> str:
+    """The reply's text as stored so far ("" before there is a reply)."""
+    stored = turns(server, conversation_id)
+    return stored[1][2] if len(stored) > 1 else ""
 
 
 async def ask(server: LiveServer, client, conversation_id: str, text: str = PROMPT) -> str:
@@ -167,7 +173,9 @@ def test_reload_mid_stream_shows_partial_text_and_continues(server, emu, chat) -
         async with ChatSocket(server, client, conversation_id) as first:
             await first.send(message="count")
             await first.until(r"beforeend:#turn-")
-            await asyncio.sleep(0.6)  # past a checkpoint
+            await wait_until_async(
+                lambda: "tok2 " in reply_text(server, conversation_id), what="a checkpoint"
+            )
             page = client.get(f"/conversations/{conversation_id}/").text  # the reload
             async with ChatSocket(server, client, conversation_id) as reloaded:
                 await reloaded.until_final()
@@ -189,11 +197,14 @@ def test_reconnect_mid_stream_catches_up_without_gaps_or_doubles(server, emu, ch
     async def scenario() -> tuple[str, str]:
         async with ChatSocket(server, client, conversation_id) as before:
             await before.send(message="count")
-            await before.until(r"beforeend:#turn-")
-            await asyncio.sleep(0.3)
+            await before.until(r"tok5\b")
         reply_id = max(before.texts)
         seen_before = before.texts[reply_id]
-        await asyncio.sleep(0.5)  # text goes on while the socket is down
+        # Text goes on while the socket is down: ten more pieces leave the upstream.
+        await wait_until_async(
+            lambda: emu.requests[-1].sent_text.count("tok") >= seen_before.count("tok") + 10,
+            what="more text sent while the page is away",
+        )
         socket = ChatSocket(server, client, conversation_id)
         socket.texts = {reply_id: seen_before}  # the page keeps what it showed
         async with socket as after:
@@ -216,7 +227,7 @@ def test_stop_from_a_second_socket(server, emu, chat) -> None:
             await writer.send(message="long")
             await writer.until(r"beforeend:#turn-")
             async with ChatSocket(server, client, conversation_id) as other_tab:
-                await asyncio.sleep(0.2)
+                await other_tab.until(r"beforeend:#turn-")  # it shows the reply streaming
                 await other_tab.send(action="stop")
                 other_final = await other_tab.until_final(timeout=10)
             return await writer.until_final(timeout=10), other_final
@@ -286,16 +297,19 @@ def test_kill_9_mid_reply_then_restart_marks_it_interrupted(live_server_factory,
         async with ChatSocket(server, client, conversation_id) as socket:
             await socket.send(message="a long answer, please")
             await socket.until(r"beforeend:#turn-")
-            await asyncio.sleep(0.8)  # a few checkpoints
+            await wait_until_async(
+                lambda: "tok10 " in reply_text(server, conversation_id), what="a few checkpoints"
+            )
 
     run(start_reply())
     before_kill = turns(server, conversation_id)[1]
     assert before_kill[1] == "streaming" and before_kill[2].startswith("tok0")
     server.kill()
     server.start()  # the same database, a new process
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and turns(server, conversation_id)[1][1] == "streaming":
-        time.sleep(0.2)
+    # The new process's sweep finds the reply its predecessor left streaming.
+    wait_until(
+        lambda: turns(server, conversation_id)[1][1] != "streaming", 10, what="swept", interval=0.1
+    )
     user, reply = turns(server, conversation_id)
     assert user == ("user", "complete", "a long answer, please", "")
     assert reply[1] == "interrupted"

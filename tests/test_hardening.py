@@ -3,7 +3,6 @@
 Every test here runs on SQLite and again on PostgreSQL (`make test`).
 """
 
-import asyncio
 import json
 from decimal import Decimal
 
@@ -22,9 +21,16 @@ from conversations.models import (
     UserBudget,
 )
 from conversations.services import conversation_create, conversation_update, message_send
-from tests.conftest import HAIKU, SONNET
+from tests.conftest import (
+    HAIKU,
+    ORIGIN,
+    SONNET,
+    frames_until,
+    open_chat_socket,
+    signed_in_client,
+    wait_until_async,
+)
 from tests.emulator import Behaviour
-from tests.test_consumer import ORIGIN, frames_until
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -87,22 +93,6 @@ class TestSharing:
 # --- the socket: who is behind it, what it may send ---------------------------
 
 
-def signed_in_client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-async def open_socket(conversation, client: Client) -> WebsocketCommunicator:
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    communicator = WebsocketCommunicator(
-        application, f"/ws/conversations/{conversation.pk}/", headers=[ORIGIN, (b"cookie", cookie)]
-    )
-    connected, _ = await communicator.connect()
-    assert connected
-    return communicator
-
-
 async def turn_count(conversation) -> int:
     return await sync_to_async(Turn.objects.filter(conversation_id=conversation.pk).count)()
 
@@ -141,7 +131,7 @@ class TestRevokedSockets:
     ):
         client = await sync_to_async(signed_in_client)(user)
         cookie = client.cookies["sessionid"].value
-        communicator = await open_socket(conversation, client)
+        communicator = await open_chat_socket(conversation, client)
         await sync_to_async(revoke)(user, client)
         await communicator.send_to(text_data=json.dumps(frame))
         frames = await frames_until(communicator, "signed out")
@@ -163,7 +153,7 @@ class TestRevokedSockets:
     ):
         fake_provider.script = fake_provider.reply("still here")
         client = await sync_to_async(signed_in_client)(user)
-        communicator = await open_socket(conversation, client)
+        communicator = await open_chat_socket(conversation, client)
         await sync_to_async(sign_out_elsewhere_keeps_this_one)(user, client)
         await communicator.send_to(text_data=json.dumps({"message": "hello"}))
         await frames_until(communicator, 'data-state="complete"')
@@ -176,7 +166,7 @@ class TestRevokedSockets:
         team = await sync_to_async(Team.objects.create)(name="Research")
         await sync_to_async(Membership.objects.create)(team=team, user=user)
         client = await sync_to_async(signed_in_client)(user)
-        communicator = await open_socket(conversation, client)  # on Sonnet
+        communicator = await open_chat_socket(conversation, client)  # on Sonnet
         # Another tab switches the model; then the team is restricted to Sonnet.
         await sync_to_async(conversation_update)(
             conversation=await sync_to_async(Conversation.objects.get)(pk=conversation.pk),
@@ -212,7 +202,7 @@ class TestFramesThatCrashedTheConsumer:
     ):
         fake_provider.script = fake_provider.reply("fine")
         client = await sync_to_async(signed_in_client)(user)
-        communicator = await open_socket(conversation, client)
+        communicator = await open_chat_socket(conversation, client)
         await communicator.send_to(text_data=frame)
         frames = await frames_until(communicator, 'class="error"')
         assert error in frames[-1]
@@ -224,7 +214,7 @@ class TestFramesThatCrashedTheConsumer:
 
     async def test_a_send_after_the_conversation_was_deleted(self, user, conversation):
         client = await sync_to_async(signed_in_client)(user)
-        communicator = await open_socket(conversation, client)
+        communicator = await open_chat_socket(conversation, client)
         response = await sync_to_async(client.post)(f"/conversations/{conversation.pk}/delete/")
         assert response.status_code == 302
         await communicator.send_to(text_data=json.dumps({"message": "anyone?"}))
@@ -244,7 +234,7 @@ async def test_retries_and_edits_count_against_the_rate_limit(
     settings.CHAT_SEND_RATE_LIMIT = 3
     fake_provider.script = fake_provider.reply("ok")
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "one"}))
     await frames_until(communicator, 'data-state="complete"')
     user_turn, reply = await sync_to_async(list)(conversation.turns.order_by("position"))
@@ -278,7 +268,7 @@ async def test_retries_and_edits_count_against_the_rate_limit(
 async def test_stopped_and_dropped_replies_bill_their_input(user, cloudflare_settings, emulator):
     conversation = await sync_to_async(conversation_create)(owner=user, model=SONNET)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     # Stopped after its first piece.
     emulator.enqueue(Behaviour(tokens=200, token_delay=0.05, input_tokens=50_000))
     await communicator.send_to(text_data=json.dumps({"message": "x" * 1000}))
@@ -331,19 +321,19 @@ async def test_the_runner_writes_its_end_even_when_stopped_during_the_final_writ
     the final write: the reply stayed `streaming` until the sweep."""
     from conversations.gateway import Finished, ResponseStarted, TextDelta, Usage
     from conversations.gateway.fake import Pause
-    from conversations.replies import reply_runner
+    from conversations.replies import replies_running
 
     fake_provider.script = [ResponseStarted(), TextDelta("almost"), Pause(0.05), Usage(5, 1),
                             Finished("end_turn")]  # fmt: skip
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     await frames_until(communicator, r"beforeend:#turn-\d+-text")
     reply = await sync_to_async(conversation.turns.order_by("position").last)()
-    runner = reply_runner(reply.pk)
+    runner = next((r for r in replies_running() if r.turn_id == reply.pk), None)
     assert runner is not None
-    while not runner.finishing:
-        await asyncio.sleep(0.001)
+    # Stop lands while the runner writes its end (polled finely: that write is short).
+    await wait_until_async(lambda: runner.finishing, interval=0.001, what="finishing")
     runner.stop()
     await frames_until(communicator, 'data-state="complete"')
     stored = await sync_to_async(Turn.objects.get)(pk=reply.pk)
@@ -361,20 +351,18 @@ async def test_a_failure_while_showing_a_new_reply_does_not_block_the_conversati
     from conversations.replies import replies_alive
 
     fake_provider.script = fake_provider.reply("written anyway")
-    real = consumers.render_to_string
+    real = consumers.turns_fragment
 
-    def broken(template, *args, **kwargs):
-        if template.endswith("turns_append.html"):
-            raise RuntimeError("template broke")
-        return real(template, *args, **kwargs)
+    def broken(**kwargs):
+        raise RuntimeError("template broke")
 
-    monkeypatch.setattr(consumers, "render_to_string", broken)
+    monkeypatch.setattr(consumers, "turns_fragment", broken)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "first"}))
     frames = await frames_until(communicator, 'data-state="complete"')
     assert "Something went wrong on the server" in "".join(frames)
-    monkeypatch.setattr(consumers, "render_to_string", real)
+    monkeypatch.setattr(consumers, "turns_fragment", real)
     assert replies_alive() == set()
     await communicator.send_to(text_data=json.dumps({"message": "second"}))
     await frames_until(communicator, 'data-state="complete"')

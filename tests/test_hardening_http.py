@@ -27,12 +27,6 @@ LONE_SURROGATE = "\ud800"
 
 
 @pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def reply(conversation):
     """A finished exchange, stored directly: feedback is about the reply, not the send."""
     Turn.objects.create(conversation=conversation, position=0, role="user", content="Question?")

@@ -5,7 +5,6 @@ or the final database write fail for a while, then work again. Killing real Redi
 and PostgreSQL servers is in tests/test_outages.py.
 """
 
-import asyncio
 import html
 import json
 import re
@@ -18,8 +17,13 @@ from django.db import OperationalError
 from conversations.gateway import Finished, ResponseStarted, TextDelta, Usage
 from conversations.gateway.fake import Pause
 from conversations.models import Turn
-from tests.test_consumer import frames_until
-from tests.test_hardening import open_socket, signed_in_client
+from tests.conftest import (
+    frames_until,
+    open_chat_socket,
+    reply_reaches,
+    signed_in_client,
+    wait_until_async,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
@@ -47,16 +51,19 @@ def page_text(frames: list[str], turn_id: int) -> str:
 
 
 class BlinkingLayer:
-    """Makes the channel layer's sends fail while `down` is set."""
+    """Makes the channel layer's sends fail while `down` is set; `lost` lists the types
+    of the messages it refused."""
 
     def __init__(self, monkeypatch) -> None:
         self.down = False
+        self.lost: list[str] = []
         layer = get_channel_layer()
         for name in ("group_send", "send"):
             real = getattr(layer, name)
 
             async def failing(*args, _real=real, **kwargs):
                 if self.down:
+                    self.lost.append((args[-1] if args else kwargs["message"])["type"])
                     raise ConnectionError("layer down")
                 return await _real(*args, **kwargs)
 
@@ -71,11 +78,13 @@ async def test_a_layer_blink_mid_stream_ends_complete_and_pages_catch_up(
     fake_provider.script = slow_script(words, delay=0.12)
     blink = BlinkingLayer(monkeypatch)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     frames = await frames_until(communicator, r"beforeend:#turn-\d+-text")
     blink.down = True
-    await asyncio.sleep(0.5)  # pieces published meanwhile are lost
+    await wait_until_async(
+        lambda: blink.lost.count("reply.delta") >= 3, what="three pieces lost", timeout=10
+    )
     blink.down = False
     frames += await frames_until(communicator, 'data-state="complete"', timeout=10)
     reply = await sync_to_async(Turn.objects.get)(conversation=conversation, role="assistant")
@@ -91,15 +100,14 @@ async def test_pages_learn_the_end_when_the_final_broadcast_first_fails(
     fake_provider.script = slow_script(WORDS[:5])
     blink = BlinkingLayer(monkeypatch)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     await frames_until(communicator, r"beforeend:#turn-\d+-text")
     blink.down = True
-    while not await sync_to_async(
-        Turn.objects.filter(conversation=conversation, state="complete").exists
-    )():
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # the first final broadcast failed
+    await wait_until_async(
+        lambda: "reply.finished" in blink.lost, what="the final broadcast lost", timeout=10
+    )
+    assert (await reply_reaches(conversation, "complete")).content == "".join(WORDS[:5])
     blink.down = False
     frames = await frames_until(communicator, 'data-state="complete"', timeout=10)
     assert "Stop" not in frames[-1]
@@ -111,14 +119,13 @@ async def test_a_page_that_reconnects_after_the_end_is_brought_to_it(
 ):
     fake_provider.script = slow_script(WORDS[:5])
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     frames = await frames_until(communicator, r"beforeend:#turn-\d+-text")
     reply_id = int(re.search(r"turn-(\d+)-text", frames[-1]).group(1))
     await communicator.disconnect()  # the page's socket drops while it shows "streaming"
-    while not await sync_to_async(Turn.objects.filter(pk=reply_id, state="complete").exists)():
-        await asyncio.sleep(0.05)
-    again = await open_socket(conversation, client)
+    await reply_reaches(conversation, "complete")
+    again = await open_chat_socket(conversation, client)
     await again.send_to(
         text_data=json.dumps({"action": "sync", "turns": [reply_id], "last": reply_id - 1})
     )
@@ -148,7 +155,7 @@ async def test_the_final_write_is_retried_while_the_database_is_down(
 
     monkeypatch.setattr(replies, "reply_finish", flaky)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     await frames_until(communicator, 'data-state="complete"', timeout=15)
     reply = await sync_to_async(Turn.objects.get)(conversation=conversation, role="assistant")
@@ -163,15 +170,12 @@ async def test_a_send_while_the_layer_is_down_still_writes_its_reply(
     fake_provider.script = slow_script(WORDS[:5], delay=0.01)
     blink = BlinkingLayer(monkeypatch)
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     blink.down = True
     await communicator.send_to(text_data=json.dumps({"message": "during the outage"}))
     frames = await frames_until(communicator, 'data-ack="1"')
     assert "during the outage" in "".join(frames)  # this page sees its own turn
-    while not await sync_to_async(
-        Turn.objects.filter(conversation=conversation, state="complete").exists
-    )():
-        await asyncio.sleep(0.05)
+    await reply_reaches(conversation, "complete")
     blink.down = False
     await frames_until(communicator, 'data-state="complete"', timeout=10)
     reply = await sync_to_async(Turn.objects.get)(conversation=conversation, role="assistant")
@@ -186,8 +190,8 @@ async def test_a_socket_that_does_not_read_is_closed_and_others_are_not(
     pieces = [f"{i:05d}" + "x" * 195 for i in range(1000)]  # 200,000 characters
     fake_provider.script = slow_script(pieces, delay=0.001)
     client = await sync_to_async(signed_in_client)(user)
-    silent = await open_socket(conversation, client)
-    reader = await open_socket(conversation, client)
+    silent = await open_chat_socket(conversation, client)
+    reader = await open_chat_socket(conversation, client)
     await reader.send_to(text_data=json.dumps({"message": "a long one"}))
     received = 0
     while True:
@@ -214,10 +218,10 @@ async def test_a_very_long_reply_is_caught_up_in_frames_under_the_transport_limi
                             TextDelta(long_text), Pause(1.0), TextDelta("end"), Usage(1, 1),
                             Finished("end_turn")]  # fmt: skip
     client = await sync_to_async(signed_in_client)(user)
-    communicator = await open_socket(conversation, client)
+    communicator = await open_chat_socket(conversation, client)
     await communicator.send_to(text_data=json.dumps({"message": "go"}))
     await frames_until(communicator, "é" * 100)
-    late = await open_socket(conversation, client)  # connects mid-reply: catch-up
+    late = await open_chat_socket(conversation, client)  # connects mid-reply: catch-up
     frames: list[str] = []
     while True:
         output = await late.receive_output(timeout=10)

@@ -5,28 +5,25 @@ Skipped, with the reason, where PostgreSQL or Redis is not reachable.
 
 import asyncio
 import os
-import socket
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from tests.chat_client import ChatSocket, create_conversation
-from tests.conftest import PASSWORD, SONNET, LiveServer, free_port, prepare_database
+from tests.conftest import (
+    REDIS,
+    SONNET,
+    LiveServer,
+    free_port,
+    prepare_shared_database,
+    reachable,
+)
 from tests.emulator import Behaviour, GatewayEmulator
 
 pytestmark = pytest.mark.live
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-REDIS = ("127.0.0.1", 6379)
 PEOPLE = 50
-
-
-def reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -59,27 +56,11 @@ def servers(database, emu, tmp_path_factory) -> Iterator[tuple[LiveServer, LiveS
     redis_db = 13
     redis.Redis(host=REDIS[0], port=REDIS[1], db=redis_db).flushdb()
     tmp = tmp_path_factory.mktemp("multiprocess")
-    base_env = {
-        **os.environ,
-        **emu.env(),
-        "DATABASE_URL": database,
-        "REDIS_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
-        "CHAT_VAR_DIR": str(tmp),
-        "DJANGO_SECRET_KEY": "multiprocess-test-secret-key-shared-by-both-processes-0123456789",
-        "CHAT_CHECKPOINT_INTERVAL": "0.2",
-        "CHAT_HEARTBEAT_INTERVAL": "0.3",
-        "CHAT_SEND_RATE_LIMIT": "1000",
-        "PYTHONUNBUFFERED": "1",
-    }
-    base_env.pop("DJANGO_SETTINGS_MODULE", None)
-    setup = (
-        "from django.contrib.auth import get_user_model; U = get_user_model(); "
-        f"[U.objects.create_user(username=f'user{{n}}', password='{PASSWORD}') "
-        f"for n in range({PEOPLE})]; "
-        f"U.objects.create_user(username='alice', password='{PASSWORD}'); "
-        f"U.objects.create_user(username='spender', password='{PASSWORD}')"
-    )
-    prepare_database(base_env, setup)
+    base_env = prepare_shared_database(
+        emulator_env=emu.env(), database=database,
+        redis_url=f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}", var_dir=tmp, people=PEOPLE,
+        usernames=("alice", "spender"),
+    )  # fmt: skip
     pair = []
     for name in ("a", "b"):
         port = free_port()
@@ -138,7 +119,7 @@ def test_stop_from_the_other_process(servers, emu, database) -> None:
         async with ChatSocket(a, client, conversation_id) as sender:
             await sender.send(message="a long one")
             await sender.until(r"beforeend:#turn-")
-            await asyncio.sleep(0.3)  # a few pieces in
+            await sender.until(r"tok5\b")  # a few pieces in
             async with ChatSocket(b, client, conversation_id) as other:
                 await other.send(action="stop")
                 await other.until_final(timeout=10)

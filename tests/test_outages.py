@@ -22,13 +22,12 @@ import websockets
 from chatsite.layers import RedisPubSubChannelLayer
 from tests.chat_client import ChatSocket, create_conversation
 from tests.conftest import (
-    PASSWORD,
     SONNET,
     LiveServer,
     PostgresServer,
     RedisServer,
     free_port,
-    prepare_database,
+    prepare_shared_database,
 )
 from tests.emulator import Behaviour, GatewayEmulator
 
@@ -60,29 +59,12 @@ def database(own_postgres: PostgresServer) -> str:
 @pytest.fixture(scope="module")
 def pair(database, own_redis, emu, tmp_path_factory) -> Iterator[tuple[LiveServer, LiveServer]]:
     """Processes A and B on the module's own PostgreSQL and Redis."""
-    import os
 
     tmp = tmp_path_factory.mktemp("outages")
-    base_env = {
-        **os.environ,
-        **emu.env(),
-        "DATABASE_URL": database,
-        "REDIS_URL": own_redis.url,
-        "CHAT_VAR_DIR": str(tmp),
-        "DJANGO_SECRET_KEY": "outage-test-secret-key-shared-by-both-processes-0123456789",
-        "CHAT_CHECKPOINT_INTERVAL": "0.2",
-        "CHAT_HEARTBEAT_INTERVAL": "0.3",
-        "CHAT_SEND_RATE_LIMIT": "1000",
-        "PYTHONUNBUFFERED": "1",
-    }
-    base_env.pop("DJANGO_SETTINGS_MODULE", None)
-    setup = (
-        "from django.contrib.auth import get_user_model; U = get_user_model(); "
-        f"[U.objects.create_user(username=f'user{{n}}', password='{PASSWORD}') "
-        f"for n in range({PEOPLE})]; "
-        f"U.objects.create_user(username='alice', password='{PASSWORD}')"
-    )
-    prepare_database(base_env, setup)
+    base_env = prepare_shared_database(
+        emulator_env=emu.env(), database=database, redis_url=own_redis.url, var_dir=tmp,
+        people=PEOPLE,
+    )  # fmt: skip
     servers = []
     try:
         for name in ("a", "b"):

@@ -16,23 +16,22 @@ from conversations.models import Turn
 from conversations.replies import reply_launch, reply_not_starting, reply_starting
 from conversations.services import message_send, reply_start, reply_stop_request
 from conversations.supervision import replies_drain, replies_sweep_once
-from tests.test_consumer import connect, frames_until, get_turns
+from tests.conftest import frames_until, get_turns, open_chat_socket, wait_until_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def wait_state(turn_id: int, states: set[str], timeout: float = 5) -> Turn:
-    for _ in range(int(timeout / 0.02)):
+    async def reached() -> Turn | None:
         turn = await database_sync_to_async(Turn.objects.get)(pk=turn_id)
-        if turn.state in states:
-            return turn
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"turn {turn_id} stayed {turn.state}")
+        return turn if turn.state in states else None
+
+    return await wait_until_async(reached, timeout, what=f"turn {turn_id} {states}")
 
 
 async def test_retry_writes_the_failed_reply_again(conversation, user, fake_provider):
     fake_provider.script = [ResponseStarted(), TextDelta("half"), ReplyError("Overloaded.")]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "q"}))
     frames = await frames_until(communicator, r'data-state="error"')
     assert ">Retry</button>" in frames[-1]
@@ -54,28 +53,36 @@ async def test_retry_writes_the_failed_reply_again(conversation, user, fake_prov
     await communicator.disconnect()
 
 
-async def test_stop_through_the_database_reaches_the_runner(conversation, fake_provider, settings):
+async def test_stop_through_the_database_reaches_the_runner(
+    conversation, user, fake_provider, settings
+):
     # As when Stop is pressed in a page served by another process whose channel
     # message is lost: the flag in the database is enough.
     settings.CHAT_HEARTBEAT_INTERVAL = 0.05
     fake_provider.script = [ResponseStarted(), TextDelta("kept"), Pause(30), Finished()]
+    page = await open_chat_socket(conversation, user)
     _, reply = await database_sync_to_async(message_send)(conversation=conversation, text="go")
     await reply_launch(turn=reply)
-    await asyncio.sleep(0.2)
+    await frames_until(page, "kept")  # the reply is under way (and then waits upstream)
     await database_sync_to_async(reply_stop_request)(conversation_id=conversation.pk)
     turn = await wait_state(reply.pk, {"cancelled"}, timeout=3)
     assert turn.content == "kept"
+    await page.disconnect()
 
 
-async def test_shutdown_drain_interrupts_long_replies_keeping_text(conversation, fake_provider):
+async def test_shutdown_drain_interrupts_long_replies_keeping_text(
+    conversation, user, fake_provider
+):
     fake_provider.script = [ResponseStarted(), TextDelta("so far"), Pause(30), Finished()]
+    page = await open_chat_socket(conversation, user)
     _, reply = await database_sync_to_async(message_send)(conversation=conversation, text="go")
     await reply_launch(turn=reply)
-    await asyncio.sleep(0.2)
+    await frames_until(page, "so far")  # the reply is under way (and then waits upstream)
     await replies_drain(grace=0.1)
     turn = await wait_state(reply.pk, {"interrupted"})
     assert turn.content == "so far"
     assert "server stopped" in turn.error_message
+    await page.disconnect()
 
 
 async def test_shutdown_drain_lets_short_replies_finish(conversation, fake_provider):
@@ -107,7 +114,7 @@ async def test_sweep_marks_replies_of_dead_processes_interrupted(conversation, u
     await database_sync_to_async(reply_start)(turn_id=dead.pk)
     await database_sync_to_async(Turn.objects.filter(pk=dead.pk).update)(content="partial")
     await database_sync_to_async(make_stale)(dead.pk, 60)
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     assert await replies_sweep_once() == 1
     frames = await frames_until(communicator, r'data-state="interrupted"')
     assert ">Retry</button>" in frames[-1]
@@ -127,7 +134,7 @@ async def test_sweep_leaves_live_replies_alone(conversation):
 async def test_sends_over_the_rate_limit_are_refused(conversation, user, fake_provider, settings):
     settings.CHAT_SEND_RATE_LIMIT = 2
     fake_provider.script = fake_provider.reply("ok")
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     for text in ("one", "two"):
         await communicator.send_to(text_data=json.dumps({"message": text}))
         await frames_until(communicator, r'data-state="complete"')
@@ -165,7 +172,7 @@ async def test_database_writes_are_bounded_by_duration_not_tokens(
         if n % (tokens // 30) == 0:
             script.append(Pause(duration / 30))
     fake_provider.script = [*script, Usage(1, tokens), Finished()]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     counter = WriteCounter()
     # Every ORM call of the consumer and the runner runs on this one database thread.
     await database_sync_to_async(lambda: connection.execute_wrappers.append(counter))()

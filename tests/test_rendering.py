@@ -2,7 +2,7 @@
 
 import re
 
-from conversations.rendering import _HIGHLIGHT_BUDGET, render_markdown, render_plain
+from conversations.rendering import _HIGHLIGHT_BUDGET, render_markdown
 
 # Excerpts copied from the seed replies (Claude Sonnet 4 / Haiku 4.5 model cards).
 HEADING_BOLD_LIST = """\
@@ -178,12 +178,6 @@ def test_images_render_as_links_not_img() -> None:
     nested = render_markdown("[![badge](https://example.com/b.svg)](https://example.com)")
     assert "<img" not in nested
     assert nested.count("<a ") == 1
-
-
-def test_render_plain_escapes_only() -> None:
-    assert render_plain("<b>") == "&lt;b&gt;"
-    assert render_plain("a & b\n**not bold**") == "a &amp; b\n**not bold**"
-    assert render_plain("") == ""
 
 
 def test_a_text_rendered_again_comes_from_memory_and_long_texts_are_not_kept() -> None:

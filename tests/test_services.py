@@ -21,7 +21,6 @@ from conversations.services import (
     message_send,
     reply_finish,
     reply_start,
-    turn_checkpoint,
     turn_checkpoints,
 )
 from tests.conftest import SONNET
@@ -144,9 +143,9 @@ def test_one_checkpoint_batch_saves_live_replies_and_names_the_ones_to_stop(
 
 def test_reply_moves_through_states_once(conversation) -> None:
     _, reply = message_send(conversation=conversation, text="hi")
-    assert turn_checkpoint(turn_id=reply.pk, content="x") is False  # not streaming yet
+    assert turn_checkpoints(contents={reply.pk: "x"}) == set()  # not streaming yet
     assert reply_start(turn_id=reply.pk) is True
-    assert turn_checkpoint(turn_id=reply.pk, content="Hel") is True
+    assert turn_checkpoints(contents={reply.pk: "Hel"}) == {reply.pk}
     assert turn_active(conversation_id=conversation.pk).content == "Hel"
     done = reply_finish(
         turn_id=reply.pk,
@@ -203,22 +202,27 @@ def test_recent_turns_are_the_latest_in_order(conversation) -> None:
     ]
 
 
-def test_a_send_started_at_once_is_stored_streaming_with_its_request_ready(
-    conversation, django_assert_num_queries
+def test_a_send_begun_is_stored_streaming_with_its_request_ready(
+    conversation, user, django_assert_num_queries
 ) -> None:
-    from conversations.services import reply_prepare
+    from conversations.actors import actor_for_user
+    from conversations.services import Send, reply_begin
 
     message_send(conversation=conversation, text="first")
     Turn.objects.filter(role="assistant").update(state="complete", content="one")
-    user_turn, reply = message_send(conversation=conversation, text="second", start=True)
+    actor = actor_for_user(user)
+    # Lock the conversation and the person, count and record the call, read the
+    # history, the budget (for the hold), insert both turns, the conversation's time,
+    # the budget again (warnings), and the transaction's savepoint pair: none of its
+    # own for the upstream request.
+    with django_assert_num_queries(11):
+        begun = reply_begin(actor=actor, conversation=conversation, action=Send("second"))
 
-    stored = Turn.objects.get(pk=reply.pk)
+    stored = Turn.objects.get(pk=begun.reply.pk)
     assert stored.state == "streaming" and stored.heartbeat_at is not None
-    assert (user_turn.position, reply.position) == (3, 4)
-    with django_assert_num_queries(0):
-        request = reply_prepare(turn=reply)
-    assert request is not None
-    assert request.messages == [
+    assert [(t.position, t.role) for t in begun.added] == [(3, "user"), (4, "assistant")]
+    assert (begun.changed, begun.removed) == ([], [])
+    assert begun.request.messages == [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "one"},
         {"role": "user", "content": "second"},

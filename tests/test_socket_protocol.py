@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conversations.models import Turn
 from conversations.text import text_is_storable
-from tests.test_hardening import open_socket, signed_in_client
+from tests.conftest import open_chat_socket, signed_in_client
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
@@ -110,7 +110,7 @@ def test_no_frame_breaks_the_socket_or_changes_data_without_a_valid_action(
 
     async def exchange() -> None:
         client = await sync_to_async(signed_in_client)(user)
-        communicator = await open_socket(conversation, client)
+        communicator = await open_chat_socket(conversation, client)
         for frame in sent:
             before = await sync_to_async(stored)(conversation)
             key = "bytes" if isinstance(frame, bytes) else "text"

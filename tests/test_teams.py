@@ -8,13 +8,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from conversations.actors import actor_for_user
 from conversations.budgets import allowances_for
 from conversations.gateway import Finished, ResponseStarted, TextDelta, Usage
 from conversations.models import Conversation, Membership, Preset, Spend, Team, UserBudget
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
 from conversations.services.turns import OverBudget
-from tests.conftest import HAIKU, SONNET
-from tests.test_consumer import connect, frames_until
+from tests.conftest import HAIKU, SONNET, chat_socket_accepted, frames_until, open_chat_socket
 
 pytestmark = pytest.mark.django_db
 
@@ -46,14 +46,14 @@ class TestBudgets:
         UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("10"))
         _, reply = message_send(conversation=conversation, text="hi")
         finish(reply, input_tokens=1_000_000, output_tokens=100_000)  # $3 + $1.50
-        (allowance,) = allowances_for(user_id=user.pk)
+        (allowance,) = allowances_for(actor=actor_for_user(user))
         assert allowance.spent == Decimal("4.5")
         assert allowance.held == 0
 
     def test_a_pending_reply_holds_its_worst_case_cost(self, user, conversation):
         UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("10"))
         message_send(conversation=conversation, text="x" * 300)
-        (allowance,) = allowances_for(user_id=user.pk)
+        (allowance,) = allowances_for(actor=actor_for_user(user))
         # 1024 tokens out at $15/M; in, at most a token a byte: 300 bytes, and the
         # framing of one message (8) and of the request (32), at $3/M.
         assert allowance.held == Decimal("0.01536") + Decimal(300 + 8 + 32) * 3 / 1_000_000
@@ -90,7 +90,7 @@ class TestBudgets:
         finish(reply, input_tokens=0, output_tokens=70_000)
         conversation.delete()
         assert Spend.objects.get().cost_usd == Decimal("1.05")
-        assert allowances_for(user_id=user.pk)[0].spent == Decimal("1.05")
+        assert allowances_for(actor=actor_for_user(user))[0].spent == Decimal("1.05")
 
     def test_list_page_shows_spend_against_budget(self, client, user, conversation):
         UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("2"))
@@ -106,7 +106,7 @@ class TestBudgets:
 async def test_warning_from_80_percent_on_send(user, conversation, fake_provider):
     await sync_to_async(UserBudget.objects.create)(user=user, monthly_budget_usd=Decimal("1"))
     fake_provider.script = [ResponseStarted(), TextDelta("a"), Usage(0, 56_000), Finished()]
-    communicator, _ = await connect(conversation, user)
+    communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "one"}))
     await frames_until(communicator, r'data-state="complete"')  # $0.84 spent
     fake_provider.script = [ResponseStarted(), TextDelta("b"), Usage(0, 10), Finished()]
@@ -173,8 +173,7 @@ async def test_teammate_cannot_open_the_socket_of_a_shared_conversation(
 ):
     conversation.shared_with_id = (await sync_to_async(Membership.objects.get)(user=user)).team_id
     await sync_to_async(conversation.save)()
-    _, connected = await connect(conversation, teammate)
-    assert not connected
+    assert not await chat_socket_accepted(conversation, teammate)
 
 
 class TestTeamPresets:

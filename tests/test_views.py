@@ -10,12 +10,6 @@ from tests.conftest import PASSWORD, SONNET
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def test_pages_need_sign_in(client, conversation) -> None:
     for url in ("/", f"/conversations/{conversation.pk}/"):
         response = client.get(url)

@@ -2,6 +2,7 @@
 
 from .base import Provider, model_available, provider_for, provider_override
 from .events import ChatRequest, Event, Finished, ReplyError, ResponseStarted, TextDelta, Usage
+from .response import Response
 
 __all__ = [
     "ChatRequest",
@@ -9,6 +10,7 @@ __all__ = [
     "Finished",
     "Provider",
     "ReplyError",
+    "Response",
     "ResponseStarted",
     "TextDelta",
     "Usage",

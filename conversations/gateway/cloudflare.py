@@ -124,7 +124,8 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers) -> Rep
         code=code or upstream_type,
         detail=upstream_message[:300],
         retryable=status in RETRYABLE_STATUS,
-        extra={"retry_after": retry_after, "log_id": headers.get("cf-aig-log-id", "")},
+        retry_after=retry_after,
+        log_id=headers.get("cf-aig-log-id", ""),
     )
 
 
@@ -377,7 +378,7 @@ class CloudflareProvider:
                     yield event
             if failure is None:
                 return
-            delay = self._retry_delay(attempt, failure.extra.get("retry_after"))
+            delay = self._retry_delay(attempt, failure.retry_after)
             elapsed = time.monotonic() - started
             if attempt >= self.retry_attempts or elapsed + delay > self.retry_budget:
                 self._log_failure(request, failure, attempt, final=True)
@@ -398,7 +399,7 @@ class CloudflareProvider:
             error.kind,
             error.status,
             error.code,
-            error.extra.get("log_id", ""),
+            error.log_id,
             error.detail,
         )
 

@@ -1,7 +1,6 @@
 """The typed events every provider yields, and the request they answer."""
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +50,8 @@ class ReplyError:
     code: str = ""
     detail: str = ""
     retryable: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    retry_after: float | None = None  # seconds the upstream asked to wait
+    log_id: str = ""  # the gateway's log entry for the failed call
 
 
 Event = ResponseStarted | TextDelta | Usage | Finished | ReplyError

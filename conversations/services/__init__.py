@@ -1,5 +1,6 @@
 """Writes: every change to conversations and turns goes through here."""
 
+from .begin import Edit, ReplyAction, ReplyBegun, Retry, Send, reply_begin
 from .conversations import (
     conversation_create,
     conversation_delete,
@@ -27,18 +28,22 @@ from .turns import (
     reply_start,
     reply_stop_request,
     reply_sweep_stale,
-    turn_checkpoint,
     turn_checkpoints,
     upstream_calls_prune,
 )
 
 __all__ = [
     "INTERRUPTED_MESSAGE",
+    "Edit",
     "EditResult",
     "NotEditable",
     "NotRetryable",
+    "ReplyAction",
+    "ReplyBegun",
     "ReplyInProgress",
     "ReplyOutcome",
+    "Retry",
+    "Send",
     "SendRateLimited",
     "SendRefused",
     "conversation_create",
@@ -53,6 +58,7 @@ __all__ = [
     "preset_delete",
     "preset_may_delete",
     "preset_settings",
+    "reply_begin",
     "reply_finish",
     "reply_prepare",
     "reply_request",
@@ -60,7 +66,6 @@ __all__ = [
     "reply_start",
     "reply_stop_request",
     "reply_sweep_stale",
-    "turn_checkpoint",
     "turn_checkpoints",
     "upstream_calls_prune",
 ]

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from ..budgets import model_allowed_for
+from ..actors import actor_for_user
 from ..gateway import model_available
 from ..models import Conversation, Membership
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
@@ -29,7 +29,7 @@ def _validate(conversation: Conversation) -> None:
     conversation.full_clean(exclude=["owner", "shared_with"])
     if not model_available(conversation.model):
         raise ValidationError({"model": "This model is not configured on this server."})
-    if not model_allowed_for(user=conversation.owner, model=conversation.model):
+    if not actor_for_user(conversation.owner).may_use(conversation.model):
         raise ValidationError({"model": "Your team may not use this model."})
 
 

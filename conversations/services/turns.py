@@ -12,18 +12,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ..actors import Actor, actor_for_user
 from ..budgets import (
-    LOOK_UP,
     BudgetExceeded,
     budget_hold,
-    membership_of,
-    model_allowed_for,
     reply_worst_cost,
     spend_record,
     token_bound,
 )
 from ..gateway import ChatRequest, model_available
-from ..models import Conversation, Membership, Turn, UpstreamCall
+from ..models import Conversation, Turn, UpstreamCall
 from ..selectors import history_messages, reply_history
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
@@ -84,22 +82,23 @@ def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversatio
     return locked
 
 
-def _check_can_send(conversation: Conversation, membership: Membership | None) -> Membership | None:
+def _check_can_send(conversation: Conversation, actor: Actor | None) -> Actor:
     """Checks before anything is stored: the model and the person's team.
 
-    Returns the owner's membership (read here unless the caller passed it).
+    Returns the owner as an `Actor` (read here for callers that have none: scripts
+    and tests).
     """
-    if membership is LOOK_UP:
-        membership = membership_of(conversation.owner_id)
-    _check_model(conversation, membership)
-    return membership
+    if actor is None:
+        actor = actor_for_user(conversation.owner)
+    _check_model(conversation, actor)
+    return actor
 
 
-def _check_model(conversation: Conversation, membership: Membership | None) -> None:
+def _check_model(conversation: Conversation, actor: Actor) -> None:
     """The model is offered here and the owner's team may use it (no query)."""
     if not model_available(conversation.model):
         raise ValidationError({"model": "This conversation's model is not configured here."})
-    if not model_allowed_for(user=None, model=conversation.model, membership=membership):
+    if not actor.may_use(conversation.model):
         raise ValidationError({"model": "Your team may not use this model. Pick another one."})
 
 
@@ -126,9 +125,7 @@ def upstream_calls_prune() -> int:
     return deleted
 
 
-def _hold_budget(
-    locked: Conversation, *, membership: Membership | None, prompt: Iterable[str]
-) -> Any:
+def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -> Any:
     """Inside the storing transaction: hold the reply's worst-case cost, or refuse.
 
     `prompt`: the texts the upstream will read (history and new message); the
@@ -142,7 +139,7 @@ def _hold_budget(
         ),
     )
     try:
-        budget_hold(user_id=locked.owner_id, cost=cost, membership=membership)
+        budget_hold(actor=actor, cost=cost)
     except BudgetExceeded as exc:
         raise OverBudget(exc.message) from exc
     return cost
@@ -176,28 +173,55 @@ def _title_from(text: str) -> str:
     return cut + "…"
 
 
+def _reply_state(started: bool) -> dict[str, Any]:
+    """A new or reset reply's state: pending, or (its runner starts at once) streaming."""
+    if not started:
+        return {"state": Turn.State.PENDING}
+    now = timezone.now()
+    return {"state": Turn.State.STREAMING, "started_at": now, "heartbeat_at": now}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What storing a send, retry or edit changed, for `reply_begin` and the pages."""
+
+    conversation: Conversation  # as stored now (title, updated_at)
+    added: list[Turn]  # new turns, oldest first (the reply last)
+    changed: list[Turn]  # turns the pages already show, now different
+    removed: list[int]  # turns that are gone
+    reply: Turn
+    history: list[dict[str, str]] | None = None  # the upstream messages, when read here
+
+
 def message_send(
-    *,
-    conversation: Conversation,
-    text: str,
-    membership: Membership | None = LOOK_UP,
-    start: bool = False,
+    *, conversation: Conversation, text: str, actor: Actor | None = None
 ) -> tuple[Turn, Turn]:
     """Store the user's message, then a pending reply that records the settings it uses.
 
     Refused, with nothing stored, when the text is empty or too long, the model
-    is not available, or a reply is already being written. `membership`: the
-    owner's (`membership_of`), when the caller has read it already; so for
-    `reply_retry` and `message_edit`. `start=True`: the caller runs the reply at
-    once, so it is stored already streaming and carries the history read here;
-    `reply_prepare` then needs no statement of its own.
+    is not available, or a reply is already being written. `actor`: the owner, when
+    the caller has read them already.
     """
+    stored = store_send(conversation=conversation, text=text, actor=actor)
+    user_turn, reply = stored.added
+    return user_turn, reply
+
+
+def store_send(
+    *,
+    conversation: Conversation,
+    text: str,
+    actor: Actor | None = None,
+    started: bool = False,
+) -> Stored:
+    """`message_send`; with `started`, the reply is stored streaming and the upstream
+    history is read in the same transaction (one statement fewer per send)."""
     _check_message_text(text)
-    membership = _check_can_send(conversation, membership)
+    actor = _check_can_send(conversation, actor)
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation, check=False)
-            _check_model(locked, membership)
+            _check_model(locked, actor)
             _count_call(locked.owner_id, UpstreamCall.Kind.SEND)
             rows = list(
                 locked.turns.order_by("position").values_list("position", "role", "content")
@@ -205,10 +229,9 @@ def message_send(
             last = rows[-1][0] if rows else 0
             held = _hold_budget(
                 locked,
-                membership=membership,
+                actor=actor,
                 prompt=[*(content for _, _, content in rows), text],
             )
-            now = timezone.now()
             user_turn = Turn(
                 conversation=locked,
                 position=last + 1,
@@ -216,17 +239,12 @@ def message_send(
                 content=text,
                 state=Turn.State.COMPLETE,
             )
-            started: dict[str, Any] = (
-                {"state": Turn.State.STREAMING, "started_at": now, "heartbeat_at": now}
-                if start
-                else {"state": Turn.State.PENDING}
-            )
             reply = Turn(
                 conversation=locked,
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
                 cost_reserved=held,
-                **started,
+                **_reply_state(started),
                 **_settings_snapshot(locked),
             )
             Turn.objects.bulk_create([user_turn, reply])
@@ -239,23 +257,19 @@ def message_send(
         # Two sends raced: the one-active-reply constraint let only one through.
         raise ReplyInProgress from exc
     conversation.title, conversation.updated_at = locked.title, locked.updated_at
-    reply.prepared_history = history_messages(  # type: ignore[attr-defined]
+    history = history_messages(
         [(role, content) for _, role, content in rows] + [(Turn.Role.USER.value, text)]
     )
-    return user_turn, reply
+    return Stored(locked, [user_turn, reply], [], [], reply, history)
 
 
-def _history_of(turn: Turn) -> list[dict[str, str]]:
-    prepared: list[dict[str, str]] | None = getattr(turn, "prepared_history", None)
-    return prepared if prepared is not None else reply_history(turn=turn)
-
-
-def reply_request(*, turn: Turn) -> ChatRequest:
-    """The upstream request for a reply: its history and the settings stored on it."""
+def reply_request(*, turn: Turn, history: list[dict[str, str]] | None = None) -> ChatRequest:
+    """The upstream request for a reply: its history (read here unless given) and the
+    settings stored on it."""
     assert turn.max_tokens is not None
     return ChatRequest(
         model=turn.model,
-        messages=_history_of(turn),
+        messages=history if history is not None else reply_history(turn=turn),
         system=turn.system_prompt,
         temperature=turn.temperature,
         top_p=turn.top_p,
@@ -289,17 +303,10 @@ def reply_prepare(*, turn: Turn) -> ChatRequest | None:
     return reply_request(turn=turn)
 
 
-def turn_checkpoint(*, turn_id: int, content: str | None) -> bool:
-    """Save the text so far (None: only the heartbeat).
-
-    False when the reply should stop: it was ended elsewhere, or Stop was pressed
-    in a page served by another process.
-    """
-    return turn_id in turn_checkpoints(contents={turn_id: content})
-
-
 def turn_checkpoints(*, contents: dict[int, str | None]) -> set[int]:
-    """`turn_checkpoint` for many replies in one transaction; returns the ones saved.
+    """Save the text so far of many replies (None: only the heartbeat), in one
+    transaction; returns the ones saved. A reply missing from the answer should
+    stop: it was ended elsewhere, or Stop was pressed in another process's page.
 
     At most three statements whatever the number of replies, each row written
     once: lock the live ones, write the new texts (with their heartbeats) in one
@@ -340,56 +347,65 @@ def reply_stop_request(*, conversation_id: Any) -> Turn | None:
     return turn
 
 
-def _reset_reply(locked: Conversation, turn_id: int, states: tuple[str, ...], held: Any) -> bool:
-    """Make an ended reply pending again, with the conversation's current settings."""
+def _reset_reply(
+    locked: Conversation, turn_id: int, states: tuple[str, ...], held: Any, started: bool
+) -> bool:
+    """Make an ended reply new again, with the conversation's current settings."""
+    state = _reply_state(started)
     return bool(
         Turn.objects.filter(pk=turn_id, state__in=states).update(
-            state=Turn.State.PENDING,
             content="",
             error_message="",
             stop_reason="",
             input_tokens=None,
             output_tokens=None,
             gateway_log_id="",
-            started_at=None,
             finished_at=None,
-            heartbeat_at=None,
             stop_requested_at=None,
             cost_reserved=held,
             created_at=timezone.now(),
+            **{"started_at": None, "heartbeat_at": None, **state},
             **_settings_snapshot(locked),
         )
     )
 
 
-def reply_retry(
-    *, conversation: Conversation, turn_id: int, membership: Membership | None = LOOK_UP
-) -> Turn:
+def reply_retry(*, conversation: Conversation, turn_id: int, actor: Actor | None = None) -> Turn:
     """Write the last reply again (Retry, or Regenerate), with the current settings.
 
     Only the last turn, an assistant reply that has ended.
     """
-    membership = _check_can_send(conversation, membership)
-    ended = (Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.INTERRUPTED, Turn.State.CANCELLED)
+    return store_retry(conversation=conversation, turn_id=turn_id, actor=actor).reply
+
+
+def store_retry(
+    *,
+    conversation: Conversation,
+    turn_id: int,
+    actor: Actor | None = None,
+    started: bool = False,
+) -> Stored:
+    """`reply_retry`; with `started`, the reply is stored streaming."""
+    actor = _check_can_send(conversation, actor)
+    ended = Turn.states_that_may_become(Turn.State.PENDING)
     try:
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-            _check_model(locked, membership)
+            _check_model(locked, actor)
             last = locked.turns.order_by("-position").first()
             if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
                 raise NotRetryable
             if last.state not in ended:
                 raise NotRetryable
             _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
-            held = _hold_budget(
-                locked, membership=membership, prompt=_contents_before(locked, last.position)
-            )
-            if not _reset_reply(locked, turn_id, ended, held):
+            held = _hold_budget(locked, actor=actor, prompt=_contents_before(locked, last.position))
+            if not _reset_reply(locked, turn_id, ended, held, started):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise ReplyInProgress from exc
-    return Turn.objects.get(pk=turn_id)
+    reply = Turn.objects.get(pk=turn_id)
+    return Stored(locked, [], [reply], [], reply)
 
 
 @dataclass(frozen=True)
@@ -404,15 +420,28 @@ def message_edit(
     conversation: Conversation,
     turn_id: int,
     text: str,
-    membership: Membership | None = LOOK_UP,
+    actor: Actor | None = None,
 ) -> EditResult:
     """Change one of the user's messages and resend it: every later turn is replaced."""
+    stored = store_edit(conversation=conversation, turn_id=turn_id, text=text, actor=actor)
+    return EditResult(user_turn=stored.changed[0], reply=stored.reply, removed=stored.removed)
+
+
+def store_edit(
+    *,
+    conversation: Conversation,
+    turn_id: int,
+    text: str,
+    actor: Actor | None = None,
+    started: bool = False,
+) -> Stored:
+    """`message_edit`; with `started`, the reply is stored streaming."""
     _check_message_text(text)
-    membership = _check_can_send(conversation, membership)
+    actor = _check_can_send(conversation, actor)
     try:
         with transaction.atomic():
             locked = _lock_idle(conversation)
-            _check_model(locked, membership)
+            _check_model(locked, actor)
             user_turn = Turn.objects.filter(
                 conversation=locked, pk=turn_id, role=Turn.Role.USER
             ).first()
@@ -426,21 +455,21 @@ def message_edit(
             user_turn.save(update_fields=["content"])
             held = _hold_budget(
                 locked,
-                membership=membership,
+                actor=actor,
                 prompt=_contents_before(locked, user_turn.position + 1),
             )
             reply = Turn.objects.create(
                 conversation=locked,
                 position=user_turn.position + 1,
                 role=Turn.Role.ASSISTANT,
-                state=Turn.State.PENDING,
                 cost_reserved=held,
+                **_reply_state(started),
                 **_settings_snapshot(locked),
             )
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise ReplyInProgress from exc
-    return EditResult(user_turn=user_turn, reply=reply, removed=removed)
+    return Stored(locked, [reply], [user_turn], removed, reply)
 
 
 INTERRUPTED_MESSAGE = "The server stopped while writing this reply."
@@ -453,11 +482,12 @@ def reply_sweep_stale(*, stale_after: float, alive: Iterable[int] = ()) -> list[
     """
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
-    candidates = Turn.objects.filter(stale, state__in=Turn.ACTIVE_STATES).exclude(pk__in=alive)
+    ending = Turn.states_that_may_become(Turn.State.INTERRUPTED)
+    candidates = Turn.objects.filter(stale, state__in=ending).exclude(pk__in=alive)
     swept = []
     for turn_id in candidates.values_list("pk", flat=True):
         with transaction.atomic():
-            if Turn.objects.filter(stale, pk=turn_id, state__in=Turn.ACTIVE_STATES).update(
+            if Turn.objects.filter(stale, pk=turn_id, state__in=ending).update(
                 state=Turn.State.INTERRUPTED,
                 error_message=INTERRUPTED_MESSAGE,
                 finished_at=timezone.now(),
@@ -479,12 +509,9 @@ class ReplyOutcome:
     gateway_log_id: str = ""
 
 
-FINAL_STATES = {Turn.State.COMPLETE, Turn.State.ERROR, Turn.State.CANCELLED, Turn.State.INTERRUPTED}
-
-
 def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
     """Move an active reply to its final state, once. None when it had already ended."""
-    if outcome.state not in FINAL_STATES:
+    if outcome.state not in Turn.FINAL_STATES:
         raise ValueError(f"not a final state: {outcome.state}")
     now = timezone.now()
     fields: dict[str, Any] = {
@@ -499,7 +526,9 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         "heartbeat_at": now,
     }
     with transaction.atomic():
-        updated = Turn.objects.filter(pk=turn_id, state__in=Turn.ACTIVE_STATES).update(**fields)
+        updated = Turn.objects.filter(
+            pk=turn_id, state__in=Turn.states_that_may_become(outcome.state)
+        ).update(**fields)
         if not updated:
             return None
         turn = Turn.objects.select_related("conversation").get(pk=turn_id)

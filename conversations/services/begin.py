@@ -1,0 +1,87 @@
+"""Beginning a reply: the one way a send, a retry or an edit starts the model.
+
+Every place that starts a reply (the chat socket today; the API and branches
+later) calls `reply_begin` once, in the database thread, and gets everything it
+needs back: the turns to show, the reply (stored streaming), its upstream
+request and the person's budget warnings.
+"""
+
+from dataclasses import dataclass
+
+from ..actors import Actor
+from ..budgets import budget_warnings
+from ..gateway import ChatRequest
+from ..models import Conversation, Turn
+from .turns import Stored, reply_request, store_edit, store_retry, store_send
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A new message."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The last reply written again (Retry after a failure, Regenerate after success)."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A user message changed and sent again; every later turn is replaced."""
+
+    turn_id: int
+    text: str
+
+
+ReplyAction = Send | Retry | Edit
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyBegun:
+    conversation: Conversation  # as stored now
+    added: list[Turn]  # new turns for the pages to append, oldest first
+    changed: list[Turn]  # turns the pages show, to replace
+    removed: list[int]  # turns the pages show, to drop
+    reply: Turn  # stored streaming; its runner is launched by the caller
+    request: ChatRequest
+    warnings: list[str]
+
+
+def _store(*, actor: Actor, conversation: Conversation, action: ReplyAction) -> Stored:
+    match action:
+        case Send(text=text):
+            return store_send(conversation=conversation, text=text, actor=actor, started=True)
+        case Retry(turn_id=turn_id):
+            return store_retry(
+                conversation=conversation, turn_id=turn_id, actor=actor, started=True
+            )
+        case Edit(turn_id=turn_id, text=text):
+            return store_edit(
+                conversation=conversation,
+                turn_id=turn_id,
+                text=text,
+                actor=actor,
+                started=True,
+            )
+
+
+def reply_begin(*, actor: Actor, conversation: Conversation, action: ReplyAction) -> ReplyBegun:
+    """Store what `action` asks for and start its reply, or refuse with nothing stored
+    (`SendRefused`, `ValidationError`).
+
+    `actor` is the conversation's owner, as they are now (`actor_for_socket`).
+    """
+    stored = _store(actor=actor, conversation=conversation, action=action)
+    return ReplyBegun(
+        conversation=stored.conversation,
+        added=stored.added,
+        changed=stored.changed,
+        removed=stored.removed,
+        reply=stored.reply,
+        request=reply_request(turn=stored.reply, history=stored.history),
+        warnings=budget_warnings(actor=actor),
+    )

@@ -1,0 +1,125 @@
+"""Query counts, pinned: a page or a checkpoint costs the same few queries however much
+it shows. A change that adds one must change the number here, on purpose.
+
+Run on SQLite and again on PostgreSQL (`make test`); the counts are the same on both.
+"""
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from conversations.models import (
+    Conversation,
+    Feedback,
+    Membership,
+    Preset,
+    ReviewAccess,
+    Team,
+    Turn,
+    UserBudget,
+)
+from conversations.services import turn_checkpoints
+from tests.conftest import PASSWORD, SONNET
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
+
+LIST_PAGE_QUERIES = 12
+CHAT_PAGE_QUERIES = 6
+# Lock the live replies, write the new texts, write the others' heartbeats: three
+# statements whatever the number of replies (plus the savepoint and its release,
+# since the test itself runs in a transaction).
+CHECKPOINT_BATCH_QUERIES = 3 + 2
+
+
+@pytest.fixture
+def team(user):
+    team = Team.objects.create(name="Research", monthly_budget_usd=Decimal("100"))
+    Membership.objects.create(team=team, user=user, role="admin")
+    return team
+
+
+@pytest.fixture
+def teammate(team):
+    bob = get_user_model().objects.create_user(username="bob", password=PASSWORD)
+    Membership.objects.create(team=team, user=bob)
+    return bob
+
+
+def conversation_with_turns(owner, exchanges: int, **fields) -> Conversation:
+    conversation = Conversation.objects.create(owner=owner, model=SONNET, **fields)
+    Turn.objects.bulk_create(
+        Turn(
+            conversation=conversation,
+            position=position,
+            role="user" if position % 2 == 0 else "assistant",
+            content=f"message {position}",
+            model="" if position % 2 == 0 else SONNET,
+        )
+        for position in range(2 * exchanges)
+    )
+    return conversation
+
+
+@pytest.mark.parametrize("conversations", [3, 30])
+def test_the_list_page_costs_the_same_queries_for_3_or_30_conversations(
+    signed_in, user, team, teammate, django_assert_num_queries, conversations
+):
+    UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("10"))
+    Preset.objects.create(owner=user, name="Mine", model=SONNET)
+    Preset.objects.create(owner=user, team=team, name="The team's", model=SONNET)
+    for n in range(conversations):
+        conversation_with_turns(user, 1, title=f"Mine {n}")
+        conversation_with_turns(teammate, 1, title=f"Shared {n}", shared_with=team)
+    with django_assert_num_queries(LIST_PAGE_QUERIES):
+        response = signed_in.get("/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert f"Mine {conversations - 1}" in page and f"Shared {conversations - 1}" in page
+    assert "by bob" in page and "The team&#x27;s" in page and "Team Research" in page
+
+
+@pytest.mark.parametrize("exchanges", [3, 12])
+def test_the_chat_page_costs_the_same_queries_for_few_or_many_turns(
+    signed_in, user, team, django_assert_num_queries, exchanges
+):
+    conversation = conversation_with_turns(user, exchanges, title="Questions")
+    replies = Turn.objects.filter(conversation=conversation, role="assistant")
+    for reply in replies:
+        Feedback.objects.create(turn=reply, user=user, rating=1)
+    reviewer = get_user_model().objects.create_user(username="rita", password=PASSWORD)
+    ReviewAccess.objects.create(reviewer=reviewer, conversation=conversation, reason="audit")
+    with django_assert_num_queries(CHAT_PAGE_QUERIES):
+        response = signed_in.get(f"/conversations/{conversation.pk}/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert f"message {2 * exchanges - 1}" in page and "rita" in page
+
+
+@pytest.mark.parametrize("replies", [3, 9])
+def test_a_checkpoint_batch_is_three_statements_for_any_number_of_replies(
+    user, django_assert_num_queries, replies
+):
+    streaming = []
+    for n in range(replies):
+        conversation = conversation_with_turns(user, 0, title=f"Chat {n}")
+        streaming.append(
+            Turn.objects.create(
+                conversation=conversation, position=1, role="assistant", state="streaming"
+            )
+        )
+    stopped = streaming.pop()  # Stop was pressed elsewhere: not saved, not written
+    Turn.objects.filter(pk=stopped.pk).update(stop_requested_at="2025-01-01T00:00:00Z")
+    half = len(streaming) // 2
+    contents: dict[int, str | None] = {turn.pk: f"text of {turn.pk}" for turn in streaming[:half]}
+    contents |= {turn.pk: None for turn in streaming[half:]}  # no new text: a heartbeat
+    contents[stopped.pk] = "never written"
+    with django_assert_num_queries(CHECKPOINT_BATCH_QUERIES):
+        saved = turn_checkpoints(contents=contents)
+    assert saved == {turn.pk for turn in streaming}
+    stored = {turn.pk: turn for turn in Turn.objects.filter(role="assistant")}
+    for turn in streaming[:half]:
+        assert stored[turn.pk].content == f"text of {turn.pk}"
+    for turn in streaming:
+        assert stored[turn.pk].heartbeat_at is not None
+    assert stored[stopped.pk].content == "" and stored[stopped.pk].heartbeat_at is None
