@@ -42,6 +42,7 @@ from .review import (
     review_scope,
     reviewable_by,
 )
+from .selectors import turns_in_order
 from .templatetags.chat import model_label
 
 
@@ -248,7 +249,7 @@ class ConversationReviewAdmin(MetadataLookupsOnly, ReviewPermissions, admin.Mode
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "conversation": conversation,
-            "turns": conversation.turns.order_by("position"),
+            "turns": turns_in_order(conversation=conversation),  # with what each cost
             "read_only": True,
             "show_log_id": True,
             "flags": Conversation.Flag.choices,

@@ -30,7 +30,7 @@ from .replies import (
     reply_not_starting,
     reply_starting,
 )
-from .selectors import conversation_get_for, turn_active
+from .selectors import conversation_get_for, turn_active, turns_with_cost
 from .services import (
     Edit,
     ReplyAction,
@@ -95,7 +95,7 @@ def _turns_to_sync(
     """For a page that (re)connected: the stored truth of the turns it shows as
     still being written, the turns it has not seen, and the active reply."""
     _frame_context(credentials, conversation_id)
-    turns = Turn.objects.filter(conversation_id=conversation_id)
+    turns = turns_with_cost(Turn.objects.filter(conversation_id=conversation_id))
     stale = list(turns.filter(pk__in=shown).exclude(state__in=Turn.ACTIVE_STATES))
     newer = (
         list(turns.filter(pk__gt=last).order_by("position")[: settings.CHAT_VISIBLE_TURNS])

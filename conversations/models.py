@@ -3,7 +3,7 @@
 import math
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -87,7 +87,52 @@ class UserBudget(models.Model):
         return f"{self.user}: ${self.monthly_budget_usd}/month"
 
 
-class Conversation(models.Model):
+class ChatSettings(models.Model):
+    """A model, system prompt and sampling settings: a conversation's, or a preset's.
+
+    The fields, their checks in Python (`clean`) and in the database, written once.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens",
+    )  # fmt: skip
+
+    model = models.CharField(max_length=64)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
+    top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+
+    class Meta:
+        abstract = True
+        # `%(class)s`: conversation_temperature_range, preset_temperature_range, …
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(temperature__isnull=True) | Q(temperature__gte=0, temperature__lte=1),
+                name="%(class)s_temperature_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(top_p__isnull=True) | Q(top_p__gte=0, top_p__lte=1),
+                name="%(class)s_top_p_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(temperature__isnull=True) | Q(top_p__isnull=True),
+                name="%(class)s_temperature_or_top_p",
+            ),
+            models.CheckConstraint(
+                condition=Q(top_k__isnull=True) | Q(top_k__gt=0), name="%(class)s_top_k_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens__gt=0), name="%(class)s_max_tokens_positive"
+            ),
+        ]
+
+    def clean(self) -> None:
+        check_chat_settings(self)
+
+
+class Conversation(ChatSettings):
     """One chat: its owner, model, system prompt and sampling settings."""
 
     class Flag(models.TextChoices):
@@ -102,12 +147,6 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200, blank=True)
-    model = models.CharField(max_length=64)
-    system_prompt = models.TextField(blank=True)
-    temperature = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
-    top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
-    top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
     # Set by the owner: the team can read (never write) this conversation.
     shared_with = models.ForeignKey(
         Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="shared_conversations"
@@ -117,38 +156,15 @@ class Conversation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    class Meta:
+    class Meta(ChatSettings.Meta):
         ordering = ["-updated_at"]
         permissions = [("review_conversation", "Can review every conversation")]
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
         ]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(temperature__isnull=True) | Q(temperature__gte=0, temperature__lte=1),
-                name="conversation_temperature_range",
-            ),
-            models.CheckConstraint(
-                condition=Q(top_p__isnull=True) | Q(top_p__gte=0, top_p__lte=1),
-                name="conversation_top_p_range",
-            ),
-            models.CheckConstraint(
-                condition=Q(temperature__isnull=True) | Q(top_p__isnull=True),
-                name="conversation_temperature_or_top_p",
-            ),
-            models.CheckConstraint(
-                condition=Q(top_k__isnull=True) | Q(top_k__gt=0), name="conversation_top_k_positive"
-            ),
-            models.CheckConstraint(
-                condition=Q(max_tokens__gt=0), name="conversation_max_tokens_positive"
-            ),
-        ]
 
     def __str__(self) -> str:
         return self.title or "New chat"
-
-    def clean(self) -> None:
-        check_chat_settings(self)
 
     @property
     def display_title(self) -> str:
@@ -246,7 +262,7 @@ class Turn(models.Model):
         return tuple(old for old, new in cls.TRANSITIONS.items() if state in new)
 
 
-class Preset(models.Model):
+class Preset(ChatSettings):
     """A named model + system prompt + settings that new chats can start from.
 
     A person's own, or (with `team` set) their team's, made by a team admin.
@@ -259,25 +275,17 @@ class Preset(models.Model):
         Team, null=True, blank=True, on_delete=models.CASCADE, related_name="presets"
     )
     name = models.CharField(max_length=100)
-    model = models.CharField(max_length=64)
-    system_prompt = models.TextField(blank=True)
-    temperature = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
-    top_p = models.FloatField(null=True, blank=True, validators=UNIT_INTERVAL)
-    top_k = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
     created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
+    class Meta(ChatSettings.Meta):
         ordering = ["name"]
         constraints = [
+            *ChatSettings.Meta.constraints,
             models.UniqueConstraint(fields=["owner", "name"], name="preset_unique_name"),
         ]
 
     def __str__(self) -> str:
         return self.name
-
-    def clean(self) -> None:
-        check_chat_settings(self)
 
 
 class Spend(models.Model):

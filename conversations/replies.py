@@ -32,6 +32,7 @@ from .gateway import (
     provider_for,
 )
 from .models import Turn
+from .selectors import turns_with_cost
 from .services import (
     INTERRUPTED_MESSAGE,
     ReplyOutcome,
@@ -310,7 +311,9 @@ class ReplyRunner:
                 )
                 if turn is None:
                     # Someone else ended it (another process, or a sweep): show what is stored.
-                    turn = await database_sync_to_async(Turn.objects.get)(pk=self.turn_id)
+                    turn = await database_sync_to_async(
+                        turns_with_cost(Turn.objects.filter(pk=self.turn_id)).get
+                    )()
             except DATABASE_ERRORS as exc:
                 outage_seen(DATABASE, exc)
                 if waited >= settings.CHAT_FINAL_WRITE_PATIENCE:

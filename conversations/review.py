@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from .models import Conversation, Membership, ReviewAccess, Turn
-from .usage import reply_cost
+from .selectors import turn_cost, turns_in_order
 
 EVERYTHING = "everything"
 
@@ -53,6 +53,7 @@ def _turn_data(turn: Turn) -> dict[str, Any]:
         "created_at": turn.created_at.isoformat(),
     }
     if turn.role == Turn.Role.ASSISTANT:
+        billed = turn_cost(turn)
         data.update(
             state=turn.state,
             error_message=turn.error_message,
@@ -64,13 +65,9 @@ def _turn_data(turn: Turn) -> dict[str, Any]:
             max_tokens=turn.max_tokens,
             input_tokens=turn.input_tokens,
             output_tokens=turn.output_tokens,
-            cost_usd=str(
-                reply_cost(
-                    model=turn.model,
-                    input_tokens=turn.input_tokens,
-                    output_tokens=turn.output_tokens,
-                )
-            ),
+            # What the ledger billed (None: nothing was), not a sum at today's prices.
+            cost_usd=str(billed.usd) if billed else None,
+            cost_estimated=billed.estimated if billed else False,
             stop_reason=turn.stop_reason,
             gateway_log_id=turn.gateway_log_id,
             finished_at=turn.finished_at.isoformat() if turn.finished_at else None,
@@ -87,7 +84,7 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
         "system_prompt": conversation.system_prompt,
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
-        "turns": [_turn_data(turn) for turn in conversation.turns.order_by("position")],
+        "turns": [_turn_data(turn) for turn in turns_in_order(conversation=conversation)],
     }
 
 
@@ -96,11 +93,14 @@ def conversation_as_markdown(conversation: Conversation) -> str:
     lines.append(f"Owner: {conversation.owner.get_username()} · model: {conversation.model}")
     if conversation.system_prompt:
         lines += ["", f"System prompt: {conversation.system_prompt}"]
-    for turn in conversation.turns.order_by("position"):
+    for turn in turns_in_order(conversation=conversation):
         who = "You" if turn.role == Turn.Role.USER else f"Assistant ({turn.model}, {turn.state})"
         lines += ["", f"## {who}", "", turn.content]
         if turn.error_message:
             lines += ["", f"> {turn.error_message}"]
+        billed = turn_cost(turn)
+        if billed:
+            lines += ["", f"Cost: {billed}"]
     return "\n".join(lines) + "\n"
 
 

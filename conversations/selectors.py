@@ -2,12 +2,14 @@
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 
-from .models import Conversation, Membership, Preset, Turn
+from .models import Conversation, Membership, Preset, Spend, Turn
 
 
 def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
@@ -70,16 +72,51 @@ def conversation_get_for(*, user: Any, conversation_id: uuid.UUID | str) -> Conv
         return None
 
 
+def turns_with_cost(turns: QuerySet[Turn]) -> QuerySet[Turn]:
+    """`turns` with what the ledger billed for each, in the same query: its latest
+    Spend row (a retried reply has one per run). Read it with `turn_cost`."""
+    latest = Spend.objects.filter(turn_id=OuterRef("pk")).order_by("-pk")
+    return turns.annotate(
+        ledger_cost_usd=Subquery(latest.values("cost_usd")[:1]),
+        ledger_estimated=Subquery(latest.values("estimated")[:1]),
+    )
+
+
+@dataclass(frozen=True)
+class TurnCost:
+    usd: Decimal
+    estimated: bool
+
+    def __str__(self) -> str:
+        return f"${self.usd:.4f}" + (" (estimated)" if self.estimated else "")
+
+
+def turn_cost(turn: Turn) -> TurnCost | None:
+    """What the ledger billed for a turn loaded by `turns_with_cost`; None when nothing
+    was billed (or the turn was loaded without its cost)."""
+    usd = getattr(turn, "ledger_cost_usd", None)
+    if usd is None:
+        return None
+    return TurnCost(usd=usd, estimated=bool(getattr(turn, "ledger_estimated", False)))
+
+
+def turns_in_order(*, conversation: Conversation) -> QuerySet[Turn]:
+    """Every turn with its cost, oldest first (transcripts and exports)."""
+    return turns_with_cost(conversation.turns.order_by("position"))
+
+
 def turns_recent(*, conversation: Conversation, limit: int) -> list[Turn]:
-    """The latest `limit` turns, oldest first."""
-    turns = list(conversation.turns.order_by("-position")[:limit])
+    """The latest `limit` turns with their costs, oldest first."""
+    turns = list(turns_with_cost(conversation.turns.order_by("-position"))[:limit])
     turns.reverse()
     return turns
 
 
 def turns_before(*, conversation: Conversation, position: int, limit: int) -> list[Turn]:
-    """Up to `limit` turns just before `position`, oldest first (for "load earlier")."""
-    turns = list(conversation.turns.filter(position__lt=position).order_by("-position")[:limit])
+    """Up to `limit` turns with their costs just before `position`, oldest first (for
+    "load earlier")."""
+    earlier = conversation.turns.filter(position__lt=position).order_by("-position")
+    turns = list(turns_with_cost(earlier)[:limit])
     turns.reverse()
     return turns
 

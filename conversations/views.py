@@ -47,6 +47,7 @@ from .selectors import (
     turn_get_for,
     turns_before,
     turns_recent,
+    turns_with_cost,
 )
 from .services import conversation_create as create_conversation
 from .services import (
@@ -229,7 +230,7 @@ def conversation_turn(
 ) -> HttpResponse:
     """One turn as the chat shows it: a reply too large for one socket frame loads here."""
     conversation = _get_readable_conversation(request, conversation_id)
-    turn = conversation.turns.filter(pk=turn_id).first()
+    turn = turns_with_cost(conversation.turns.filter(pk=turn_id)).first()
     if turn is None:
         raise Http404("No such turn.")
     return render(
@@ -257,10 +258,7 @@ def _turn_window(conversation: Conversation, *, before: int | None = None) -> di
 
 
 def _settings_form(conversation: Conversation) -> ConversationSettingsForm:
-    initial: dict[str, Any] = {
-        name: getattr(conversation, name)
-        for name in ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
-    }
+    initial: dict[str, Any] = {name: getattr(conversation, name) for name in Conversation.FIELDS}
     initial["sampling"] = sampling_of(conversation)
     return ConversationSettingsForm(initial=initial)
 

@@ -161,7 +161,7 @@ def test_exports_as_json_and_markdown(client, user, reviewer, chats):
     assert data["title"] == "Alice's plan" and data["owner"] == "alice"
     assert [t["role"] for t in data["turns"]] == ["user", "assistant"]
     assert data["turns"][1]["gateway_log_id"] == "log-abc"
-    assert data["turns"][1]["cost_usd"] == "0.033"
+    assert Decimal(data["turns"][1]["cost_usd"]) == Decimal("0.033")  # the ledger's row
     markdown = client.get(f"/conversations/{alices.pk}/export.md").content.decode()
     assert markdown.startswith("# Alice's plan") and "Use **json.load**." in markdown
     assert not ReviewAccess.objects.exists()  # the owner's own export is no review

@@ -50,13 +50,13 @@ def shared_client(*, connect_timeout: float) -> httpx.AsyncClient:
 
 
 def request_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]:
-    """The JSON body for one call: the conversation's settings, never temperature with top_p."""
+    """The JSON body for one call: the request's settings, those it sets."""
     body: dict[str, Any] = {"messages": request.messages, "max_tokens": request.max_tokens}
     if request.system:
         body["system"] = request.system
     if request.temperature is not None:
         body["temperature"] = request.temperature
-    elif request.top_p is not None:
+    if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.top_k is not None:
         body["top_k"] = request.top_k

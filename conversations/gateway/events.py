@@ -5,7 +5,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """Everything one upstream call needs, built from a conversation's settings."""
+    """Everything one upstream call needs, built from a conversation's settings.
+
+    Never temperature with top_p (Anthropic models refuse both): temperature wins,
+    here, so providers send what the request says.
+    """
 
     model: str
     messages: list[dict[str, str]]
@@ -15,6 +19,10 @@ class ChatRequest:
     top_p: float | None = None
     top_k: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and self.top_p is not None:
+            object.__setattr__(self, "top_p", None)
 
 
 @dataclass(frozen=True, slots=True)

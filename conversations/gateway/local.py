@@ -74,7 +74,7 @@ class LocalProvider:
                 options: dict[str, Any] = {"max_tokens": request.max_tokens}
                 if request.temperature is not None:
                     options["temperature"] = request.temperature
-                elif request.top_p is not None:
+                if request.top_p is not None:
                     options["top_p"] = request.top_p
                 if request.top_k is not None:
                     options["top_k"] = request.top_k

@@ -6,10 +6,10 @@ from django.db import transaction
 
 from ..actors import actor_for_user
 from ..gateway import model_available
-from ..models import Conversation, Membership
+from ..models import ChatSettings, Conversation, Membership
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
-SETTING_FIELDS = ("title", "model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
+SETTING_FIELDS = ("title", *ChatSettings.FIELDS)
 TEXT_FIELDS = ("title", "system_prompt")
 
 

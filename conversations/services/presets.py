@@ -3,10 +3,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from ..models import Conversation, Membership, Preset
+from ..models import ChatSettings, Conversation, Membership, Preset
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
-
-PRESET_FIELDS = ("model", "system_prompt", "temperature", "top_p", "top_k", "max_tokens")
 
 
 @transaction.atomic
@@ -28,7 +26,7 @@ def preset_create_from(*, conversation: Conversation, name: str, for_team: bool 
         owner_id=conversation.owner_id,
         team_id=team_id,
         name=name[:100],
-        **{field: getattr(conversation, field) for field in PRESET_FIELDS},
+        **{field: getattr(conversation, field) for field in ChatSettings.FIELDS},
     )
     preset.full_clean(exclude=["owner", "team"])
     try:
@@ -41,7 +39,7 @@ def preset_create_from(*, conversation: Conversation, name: str, for_team: bool 
 
 def preset_settings(preset: Preset) -> dict[str, Any]:
     """The fields a new conversation takes from a preset."""
-    return {field: getattr(preset, field) for field in PRESET_FIELDS}
+    return {field: getattr(preset, field) for field in ChatSettings.FIELDS}
 
 
 def preset_may_delete(*, preset: Preset, user: Any) -> bool:

@@ -22,7 +22,7 @@ from ..budgets import (
 )
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Turn, UpstreamCall
-from ..selectors import history_messages, reply_history
+from ..selectors import history_messages, reply_history, turns_with_cost
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 TITLE_LENGTH = 60
@@ -155,14 +155,7 @@ def _contents_before(locked: Conversation, position: int) -> list[str]:
 
 def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
     """The settings a reply is made with, as stored on the reply."""
-    return {
-        "model": conversation.model,
-        "system_prompt": conversation.system_prompt,
-        "temperature": conversation.temperature,
-        "top_p": None if conversation.temperature is not None else conversation.top_p,
-        "top_k": conversation.top_k,
-        "max_tokens": conversation.max_tokens,
-    }
+    return {field: getattr(conversation, field) for field in Conversation.FIELDS}
 
 
 def _title_from(text: str) -> str:
@@ -492,9 +485,9 @@ def reply_sweep_stale(*, stale_after: float, alive: Iterable[int] = ()) -> list[
                 error_message=INTERRUPTED_MESSAGE,
                 finished_at=timezone.now(),
             ):
-                turn = Turn.objects.select_related("conversation").get(pk=turn_id)
-                spend_record(turn)  # text that was streamed was billed
-                swept.append(turn)
+                spend_record(Turn.objects.select_related("conversation").get(pk=turn_id))
+                # Text that was streamed was billed: the pages are shown that cost.
+                swept.append(turns_with_cost(Turn.objects.all()).get(pk=turn_id))
     return swept
 
 
@@ -534,4 +527,5 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         turn = Turn.objects.select_related("conversation").get(pk=turn_id)
         spend_record(turn)
         Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
-    return turn
+        # Read again with what was just billed, for the pages' final fragment.
+        return turns_with_cost(Turn.objects.select_related("conversation")).get(pk=turn_id)

@@ -1,9 +1,11 @@
+from typing import Any
+
 from django import template
 from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 
 from ..rendering import render_markdown
-from ..usage import reply_cost
+from ..selectors import turn_cost
 
 register = template.Library()
 
@@ -21,14 +23,11 @@ def model_label(model_id: str) -> str:
 
 
 @register.filter
-def cost(turn: object) -> str:
-    """A reply's cost in USD, e.g. "$0.0042"."""
-    amount = reply_cost(
-        model=getattr(turn, "model", ""),
-        input_tokens=getattr(turn, "input_tokens", None),
-        output_tokens=getattr(turn, "output_tokens", None),
-    )
-    return f"${amount:.4f}"
+def cost(turn: Any) -> str:
+    """What the ledger billed for a reply, e.g. "$0.0042" or "$0.0042 (estimated)"; ""
+    when nothing was billed. The turn comes from `turns_with_cost` (no query here)."""
+    billed = turn_cost(turn)
+    return str(billed) if billed else ""
 
 
 @register.simple_tag
