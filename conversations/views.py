@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,6 +77,18 @@ def _form_error(form: forms.Form) -> str:
     if form.is_valid():
         return ""
     return " ".join(str(message) for messages in form.errors.values() for message in messages)
+
+
+def _submit(form: forms.Form, service: Callable[[dict[str, Any]], Any]) -> tuple[Any, str]:
+    """Check `form`, then call `service` with its cleaned data: the service's result, or
+    the form's or the service's errors as one line (nothing was stored then)."""
+    error = _form_error(form)
+    if error:
+        return None, error
+    try:
+        return service(form.cleaned_data), ""
+    except ValidationError as exc:
+        return None, " ".join(exc.messages)
 
 
 def _models_context(actor: Actor) -> list[dict[str, object]]:
@@ -312,13 +325,10 @@ def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> H
 @require_POST
 def conversation_rename_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    form = ConversationRenameForm(request.POST)
-    error = _form_error(form)
-    if not error:
-        try:
-            conversation_rename(conversation=conversation, title=form.cleaned_data["title"])
-        except ValidationError as exc:
-            error = " ".join(exc.messages)
+    _, error = _submit(
+        ConversationRenameForm(request.POST),
+        lambda data: conversation_rename(conversation=conversation, title=data["title"]),
+    )
     if not _is_htmx(request):
         if error:
             return HttpResponse(error, status=400)
@@ -360,17 +370,12 @@ def conversation_delete_view(request: HttpRequest, conversation_id: uuid.UUID) -
 @require_POST
 def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    form = PresetCreateForm(request.POST)
-    error = _form_error(form)
-    if not error:
-        try:
-            preset = preset_create_from(
-                conversation=conversation,
-                name=form.cleaned_data["name"],
-                for_team=form.cleaned_data["for_team"],
-            )
-        except ValidationError as exc:
-            error = " ".join(exc.messages)
+    preset, error = _submit(
+        PresetCreateForm(request.POST),
+        lambda data: preset_create_from(
+            conversation=conversation, name=data["name"], for_team=data["for_team"]
+        ),
+    )
     if error:
         return _settings_panel(
             request, conversation, _settings_form(conversation), preset_error=error, status=400
@@ -491,18 +496,12 @@ def turn_feedback(request: HttpRequest, turn_id: int) -> HttpResponse:
     turn = turn_get_for(user=request.user, turn_id=turn_id)
     if turn is None:
         raise Http404("No such reply.")
-    form = FeedbackForm(request.POST)
-    error = _form_error(form)
-    if not error:
-        try:
-            feedback_give(
-                user=request.user,
-                turn=turn,
-                rating=form.cleaned_data["rating"],
-                comment=form.cleaned_data["comment"],
-            )
-        except ValidationError as exc:
-            error = " ".join(exc.messages)
+    _, error = _submit(
+        FeedbackForm(request.POST),
+        lambda data: feedback_give(
+            user=request.user, turn=turn, rating=data["rating"], comment=data["comment"]
+        ),
+    )
     return render(
         request,
         "conversations/partials/feedback.html",
