@@ -54,12 +54,7 @@ def request_body(request: ChatRequest, *, stream: bool = True) -> dict[str, Any]
     body: dict[str, Any] = {"messages": request.messages, "max_tokens": request.max_tokens}
     if request.system:
         body["system"] = request.system
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if request.top_k is not None:
-        body["top_k"] = request.top_k
+    body.update(request.sampling())
     if stream:
         body["stream"] = True
     return body

@@ -24,6 +24,11 @@ class ChatRequest:
         if self.temperature is not None and self.top_p is not None:
             object.__setattr__(self, "top_p", None)
 
+    def sampling(self) -> dict[str, float | int]:
+        """The sampling settings this request sets (the model's defaults for the rest)."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return {name: value for name, value in chosen.items() if value is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseStarted:

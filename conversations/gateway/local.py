@@ -71,13 +71,7 @@ class LocalProvider:
                 messages = list(request.messages)
                 if request.system:
                     messages.insert(0, {"role": "system", "content": request.system})
-                options: dict[str, Any] = {"max_tokens": request.max_tokens}
-                if request.temperature is not None:
-                    options["temperature"] = request.temperature
-                if request.top_p is not None:
-                    options["top_p"] = request.top_p
-                if request.top_k is not None:
-                    options["top_k"] = request.top_k
+                options: dict[str, Any] = {"max_tokens": request.max_tokens, **request.sampling()}
                 prompt_tokens = sum(
                     len(llm.tokenize(m["content"].encode(), add_bos=False)) for m in messages
                 )
