@@ -416,6 +416,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # A very long reply's rendering is more than one frame may carry: the
             # page shows its state at once and loads the rendering over HTTP.
             html = deferred_turn_fragment(
-                conversation_id=self.conversation.pk, turn_id=turn_id, state=event["state"]
+                conversation_id=self.conversation.pk, turn_id=turn_id, state=event.get("state", "")
             )
         await self.send(text_data=html)
