@@ -11,7 +11,7 @@ from channels.layers import InMemoryChannelLayer as BaseInMemoryChannelLayer
 from channels_redis import pubsub
 from channels_redis.utils import _wrap_close
 
-from chatsite.outages import outage_over, outage_seen
+from chatsite.outages import CHANNEL_LAYER, outage_over, outage_seen
 
 logger = logging.getLogger("chatsite.layers")
 
@@ -37,7 +37,6 @@ class InMemoryChannelLayer(BaseInMemoryChannelLayer):
 
 # Errors that mean Redis is not there (stopped, restarting, unreachable), not a bug.
 REDIS_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-LAYER = "channel_layer"
 
 
 class PipelinedShardConnection(pubsub.RedisSingleShardConnection):
@@ -88,14 +87,14 @@ class PipelinedShardConnection(pubsub.RedisSingleShardConnection):
             except Exception as exc:
                 if isinstance(exc, REDIS_AWAY):
                     self._publish_failed = True
-                    outage_seen(LAYER, exc)
+                    outage_seen(CHANNEL_LAYER, exc)
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
                 if self._publish_failed:
                     self._publish_failed = False
-                    outage_over(LAYER)
+                    outage_over(CHANNEL_LAYER)
                 for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
@@ -145,7 +144,7 @@ class PipelinedShardConnection(pubsub.RedisSingleShardConnection):
             except Exception as exc:
                 if not self._away(exc):
                     raise
-                outage_seen(LAYER, exc)
+                outage_seen(CHANNEL_LAYER, exc)
                 self._to_subscribe.add(channel)  # the receive loop subscribes it
             self._subscribed_to.add(channel)
 
@@ -166,7 +165,7 @@ class PipelinedShardConnection(pubsub.RedisSingleShardConnection):
                     raise
                 # The subscription went with the connection; forget it here too, or
                 # redis-py would make it again on reconnect, for nobody.
-                outage_seen(LAYER, exc)
+                outage_seen(CHANNEL_LAYER, exc)
                 for key in (channel, channel.encode()):
                     self._pubsub.channels.pop(key, None)
                     self._pubsub.pending_unsubscribe_channels.discard(key)
@@ -205,12 +204,12 @@ class PipelinedShardConnection(pubsub.RedisSingleShardConnection):
                     continue
                 if not failing:
                     failing = True
-                    outage_seen(LAYER, exc)
+                    outage_seen(CHANNEL_LAYER, exc)
                 await asyncio.sleep(self.reconnect_interval)
                 continue
             if failing:
                 failing = False
-                outage_over(LAYER)
+                outage_over(CHANNEL_LAYER)
 
     async def flush(self) -> None:
         sender, self._sender = self._sender, None

@@ -3,8 +3,18 @@ one when it answers again: not a traceback per failed call while it is down."""
 
 import logging
 import threading
+from collections.abc import Awaitable
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError
 
 logger = logging.getLogger("chatsite.outages")
+
+# The dependencies whose outages are logged, by the names the log lines use.
+CHANNEL_LAYER = "channel_layer"
+DATABASE = "database"
+# Database errors that mean it is down (or blinking), as opposed to a bug.
+DATABASE_ERRORS = (DatabaseError, InterfaceError)
 
 _down: dict[str, str] = {}
 _lock = threading.Lock()
@@ -29,5 +39,13 @@ def outage_over(dependency: str) -> None:
     logger.warning("dependency_restored dependency=%s", dependency)
 
 
-def dependencies_down() -> set[str]:
-    return set(_down)
+async def reached(dependency: str, call: Awaitable[Any]) -> bool:
+    """Await `call` to `dependency`: True once it answered, False (the outage noted,
+    never raised) when it failed."""
+    try:
+        await call
+    except Exception as exc:
+        outage_seen(dependency, exc)
+        return False
+    outage_over(dependency)
+    return True

@@ -11,7 +11,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from chatsite.outages import outage_over, outage_seen
+from chatsite.outages import CHANNEL_LAYER, reached
 
 from .actors import Actor, SocketCredentials, actor_for_socket
 from .fragments import (
@@ -176,12 +176,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.sent_chars = 0  # written to this socket; the page acknowledges what it read
         self.read_chars = 0
         self.closing = False
-        try:
-            await self.channel_layer.group_add(self.group, self.channel_name)
-        except Exception as exc:
+        if not await reached(
+            CHANNEL_LAYER, self.channel_layer.group_add(self.group, self.channel_name)
+        ):
             # The channel layer is down: refuse the handshake (the page retries with
             # backoff) rather than open a socket that would never hear a reply.
-            outage_seen("channel_layer", exc)
             await self.close()
             return
         await self.accept()
@@ -192,10 +191,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         # The reply goes on without this socket.
         if hasattr(self, "group"):
-            try:
-                await self.channel_layer.group_discard(self.group, self.channel_name)
-            except Exception as exc:
-                outage_seen("channel_layer", exc)
+            await reached(
+                CHANNEL_LAYER, self.channel_layer.group_discard(self.group, self.channel_name)
+            )
 
     def _fits(self, html: str) -> bool:
         return len(html) < FRAME_CHARS_SURELY_SMALL or len(html.encode()) <= FRAME_BYTES
@@ -307,17 +305,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 removed=begun.removed,
                 active_turn=begun.reply,
             )
-            try:
-                await self.channel_layer.group_send(
-                    self.group, {"type": "turn.created", "html": html}
-                )
-            except Exception as exc:
+            created = {"type": "turn.created", "html": html}
+            if not await reached(CHANNEL_LAYER, self.channel_layer.group_send(self.group, created)):
                 # The layer is down: this page at least sees its turns; the others
                 # when they reconnect. The reply is written all the same.
-                outage_seen("channel_layer", exc)
                 await self.send(text_data=html)
-            else:
-                outage_over("channel_layer")
         finally:
             runner.announced.set()
         await self.send(text_data=ack_fragment(begun.warnings))
@@ -326,13 +318,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Both paths, so Stop works whichever process runs the reply: the channel
         # layer reaches the runner at once, the database flag at its next heartbeat.
         active = await database_sync_to_async(_stop_reply)(self.credentials, self.conversation.pk)
-        if active is not None:
-            try:
-                await self.channel_layer.group_send(
+        if active is not None:  # if the layer is down, the database flag still stops it
+            await reached(
+                CHANNEL_LAYER,
+                self.channel_layer.group_send(
                     control_group(self.conversation.pk), {"type": "reply.stop"}
-                )
-            except Exception as exc:
-                outage_seen("channel_layer", exc)  # the database flag still stops it
+                ),
+            )
 
     def _ack(self, received: Any) -> None:
         if isinstance(received, int) and not isinstance(received, bool):
@@ -357,13 +349,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _request_catchup(self, turn_id: int) -> None:
         self.awaiting_catchup[turn_id] = asyncio.get_running_loop().time()
-        try:
-            await self.channel_layer.group_send(
-                control_group(self.conversation.pk),
-                {"type": "reply.snapshot", "reply_channel": self.channel_name},
-            )
-        except Exception as exc:
-            outage_seen("channel_layer", exc)
+        snapshot = {"type": "reply.snapshot", "reply_channel": self.channel_name}
+        if not await reached(
+            CHANNEL_LAYER,
+            self.channel_layer.group_send(control_group(self.conversation.pk), snapshot),
+        ):
             self.awaiting_catchup.pop(turn_id, None)  # ask again at the next gap
 
     # --- group messages ----------------------------------------------------

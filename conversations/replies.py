@@ -11,15 +11,22 @@ import asyncio
 import logging
 import uuid
 import weakref
+from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError
 
-from chatsite.outages import outage_over, outage_seen
+from chatsite.outages import (
+    CHANNEL_LAYER,
+    DATABASE,
+    DATABASE_ERRORS,
+    outage_over,
+    outage_seen,
+    reached,
+)
 
 from .fragments import final_fragment, turn_fragment
 from .gateway import (
@@ -43,11 +50,6 @@ from .services import (
 )
 
 logger = logging.getLogger("conversations.replies")
-
-LAYER = "channel_layer"
-DATABASE = "database"
-# Errors of a dependency that is down (or blinking), as opposed to a bug.
-DATABASE_ERRORS = (DatabaseError, InterfaceError)
 
 _running: dict[int, "ReplyRunner"] = {}
 # Final broadcasts still being retried while the channel layer is down.
@@ -216,12 +218,10 @@ class ReplyRunner:
             await self._finish(outcome)
         finally:
             if self._control:
-                try:
-                    await self.layer.group_discard(
-                        control_group(self.conversation_id), self._control
-                    )
-                except Exception as exc:
-                    outage_seen(LAYER, exc)
+                await reached(
+                    CHANNEL_LAYER,
+                    self.layer.group_discard(control_group(self.conversation_id), self._control),
+                )
 
     async def _stream(self) -> ReplyOutcome:
         request = self.request
@@ -295,15 +295,12 @@ class ReplyRunner:
         turn = await self._write_final(outcome)
         if turn is None:
             return
-        try:
-            await self.announced.wait()
-            await reply_broadcast_final(turn)
-        except Exception as exc:
-            outage_seen(LAYER, exc)
+        await self.announced.wait()
+        if not await reached(CHANNEL_LAYER, reply_broadcast_final(turn)):
             broadcast_final_later(turn)
 
     async def _write_final(self, outcome: ReplyOutcome) -> Turn | None:
-        delay, waited = 0.25, 0.0
+        delays = backoff(settings.CHAT_FINAL_WRITE_PATIENCE, longest=4.0)
         while True:
             try:
                 turn = await database_sync_to_async(reply_finish)(
@@ -316,7 +313,8 @@ class ReplyRunner:
                     )()
             except DATABASE_ERRORS as exc:
                 outage_seen(DATABASE, exc)
-                if waited >= settings.CHAT_FINAL_WRITE_PATIENCE:
+                delay = next(delays, None)
+                if delay is None:
                     logger.error(
                         "final_write_failed turn=%s state=%s chars=%d",
                         self.turn_id,
@@ -325,8 +323,6 @@ class ReplyRunner:
                     )
                     return None
                 await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 4.0)
                 continue
             outage_over(DATABASE)
             return turn
@@ -339,13 +335,7 @@ class ReplyRunner:
     async def _publish(self, message: dict[str, Any]) -> bool:
         """Send to the conversation's pages; False (never an exception) when the layer
         is down: the database holds the text, and pages catch up from it."""
-        try:
-            await self.layer.group_send(self.group, message)
-        except Exception as exc:
-            outage_seen(LAYER, exc)
-            return False
-        outage_over(LAYER)
-        return True
+        return await reached(CHANNEL_LAYER, self.layer.group_send(self.group, message))
 
     # --- text: coalesced sends and batched checkpoints ---------------------
 
@@ -428,7 +418,7 @@ class ReplyRunner:
                 self._control = await self.layer.new_channel()
             await self.layer.group_add(control_group(self.conversation_id), self._control)
         except Exception as exc:
-            outage_seen(LAYER, exc)
+            outage_seen(CHANNEL_LAYER, exc)
             self._control = ""  # a channel half made is not reused
             return False
         return True
@@ -446,13 +436,9 @@ class ReplyRunner:
             elif kind == "reply.snapshot" and message.get("reply_channel"):
                 # Everything sent to the group so far is covered by this text.
                 await self._flush()
-                try:
-                    await self.layer.send(
-                        message["reply_channel"],
-                        {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text},
-                    )
-                except Exception as exc:
-                    outage_seen(LAYER, exc)  # the page asks again at its next gap
+                catchup = {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text}
+                # If the layer is down, the page asks again at its next gap.
+                await reached(CHANNEL_LAYER, self.layer.send(message["reply_channel"], catchup))
 
 
 async def reply_broadcast_final(turn: Turn) -> None:
@@ -462,7 +448,16 @@ async def reply_broadcast_final(turn: Turn) -> None:
         conversation_group(turn.conversation_id),
         {"type": "reply.finished", "turn_id": turn.pk, "state": turn.state, "html": html},
     )
-    outage_over(LAYER)
+
+
+def backoff(patience: float, *, longest: float) -> Iterator[float]:
+    """The waits of a retry loop while a dependency is down: 0.25 s, doubling up to
+    `longest`, until `patience` seconds are spent."""
+    delay, waited = 0.25, 0.0
+    while waited < patience:
+        yield delay
+        waited += delay
+        delay = min(delay * 2, longest)
 
 
 def broadcast_final_later(turn: Turn) -> None:
@@ -470,16 +465,9 @@ def broadcast_final_later(turn: Turn) -> None:
     down (pages that reconnect meanwhile get it from the database)."""
 
     async def retry() -> None:
-        delay, waited = 0.25, 0.0
-        while waited < settings.CHAT_FINAL_BROADCAST_PATIENCE:
+        for delay in backoff(settings.CHAT_FINAL_BROADCAST_PATIENCE, longest=2.0):
             await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 2.0)
-            try:
-                await reply_broadcast_final(turn)
-            except Exception as exc:
-                outage_seen(LAYER, exc)
-            else:
+            if await reached(CHANNEL_LAYER, reply_broadcast_final(turn)):
                 return
         logger.warning("final_broadcast_gave_up turn=%s", turn.pk)
 

@@ -17,15 +17,16 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chatsite.outages import outage_over, outage_seen
-
-from .replies import (
+from chatsite.outages import (
+    CHANNEL_LAYER,
     DATABASE,
     DATABASE_ERRORS,
-    replies_alive,
-    replies_running,
-    reply_broadcast_final,
+    outage_over,
+    outage_seen,
+    reached,
 )
+
+from .replies import replies_alive, replies_running, reply_broadcast_final
 from .services import reply_sweep_stale, upstream_calls_prune
 
 logger = logging.getLogger("conversations.supervision")
@@ -44,10 +45,8 @@ async def replies_sweep_once() -> int:
     swept = await database_sync_to_async(sweep)()
     for turn in swept:
         logger.warning("reply_interrupted turn=%s conversation=%s", turn.pk, turn.conversation_id)
-        try:
-            await reply_broadcast_final(turn)
-        except Exception:
-            logger.exception("broadcast of an interrupted reply failed")
+        # Pages that miss it while the layer is down get it when they reconnect.
+        await reached(CHANNEL_LAYER, reply_broadcast_final(turn))
     return len(swept)
 
 

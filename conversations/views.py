@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chatsite.layers import channel_layer_ping
-from chatsite.outages import outage_over, outage_seen
+from chatsite.outages import DATABASE, outage_over, outage_seen
 
 from .actors import Actor, actor_for_user
 from .budgets import allowances_for
@@ -430,10 +430,10 @@ async def _database_answers() -> bool:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             answered = await database_sync_to_async(_database_ok)()
     except Exception as exc:
-        outage_seen("database", exc)
+        outage_seen(DATABASE, exc)
         return False
     if answered:
-        outage_over("database")
+        outage_over(DATABASE)
     return answered
 
 
