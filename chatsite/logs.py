@@ -21,3 +21,13 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
+
+
+class QuietHealthProbes(logging.Filter):
+    """Drops django.request's line for a failing `/healthz` probe: a load balancer
+    probes every few seconds, and an outage is logged once when it starts and once
+    when it ends (chatsite.outages), not once per probe."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        return getattr(request, "path", None) != "/healthz"

@@ -234,6 +234,7 @@ LOGGING = {
         "json": {"()": "chatsite.logs.JsonLineFormatter"},
         "line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {"quiet_health_probes": {"()": "chatsite.logs.QuietHealthProbes"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
@@ -245,6 +246,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        "django.request": {"filters": ["quiet_health_probes"]},
     },
 }
 
