@@ -166,12 +166,18 @@ def reply_history(*, turn: Turn) -> list[dict[str, str]]:
     neighbouring messages of one role are joined, so the upstream always gets a
     well-formed alternation that starts and ends with the user.
     """
-    rows = (
-        Turn.objects.filter(conversation_id=turn.conversation_id, position__lt=turn.position)
+    return history_messages(
+        history_rows(conversation_id=turn.conversation_id, before=turn.position)
+    )
+
+
+def history_rows(*, conversation_id: Any, before: int) -> list[tuple[str, str]]:
+    """(role, content) of the turns before position `before`, oldest first."""
+    return list(
+        Turn.objects.filter(conversation_id=conversation_id, position__lt=before)
         .order_by("position")
         .values_list("role", "content")
     )
-    return history_messages(rows)
 
 
 def history_messages(rows: Iterable[tuple[str, str]]) -> list[dict[str, str]]:

@@ -227,3 +227,22 @@ def test_a_send_begun_is_stored_streaming_with_its_request_ready(
         {"role": "assistant", "content": "one"},
         {"role": "user", "content": "second"},
     ]
+
+
+def test_a_retry_begun_reads_the_history_once(
+    conversation, user, django_assert_num_queries
+) -> None:
+    from conversations.actors import actor_for_user
+    from conversations.services import Retry, reply_begin
+
+    _, reply = message_send(conversation=conversation, text="first")
+    Turn.objects.filter(pk=reply.pk).update(state="error", content="")
+    actor = actor_for_user(user)
+    # Lock the conversation, read the last turn, lock the person, count and record
+    # the call, read the history (once: for the hold and the request), the budget,
+    # reset the reply, the conversation's time, read the reply back, the budget again
+    # (warnings), and the savepoint pair.
+    with django_assert_num_queries(13):
+        begun = reply_begin(actor=actor, conversation=conversation, action=Retry(reply.pk))
+    assert begun.changed == [begun.reply] and begun.reply.state == "streaming"
+    assert begun.request.messages == [{"role": "user", "content": "first"}]

@@ -22,7 +22,7 @@ from ..budgets import (
 )
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Turn, UpstreamCall
-from ..selectors import history_messages, reply_history, turns_with_cost
+from ..selectors import history_messages, history_rows, reply_history, turns_with_cost
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 TITLE_LENGTH = 60
@@ -145,14 +145,6 @@ def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -
     return cost
 
 
-def _contents_before(locked: Conversation, position: int) -> list[str]:
-    return list(
-        Turn.objects.filter(conversation=locked, position__lt=position).values_list(
-            "content", flat=True
-        )
-    )
-
-
 def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
     """The settings a reply is made with, as stored on the reply."""
     return {field: getattr(conversation, field) for field in Conversation.FIELDS}
@@ -183,7 +175,7 @@ class Stored:
     changed: list[Turn]  # turns the pages already show, now different
     removed: list[int]  # turns that are gone
     reply: Turn
-    history: list[dict[str, str]] | None = None  # the upstream messages, when read here
+    history: list[dict[str, str]]  # the upstream messages, read while storing
 
 
 def message_send(
@@ -391,14 +383,15 @@ def store_retry(
             if last.state not in ended:
                 raise NotRetryable
             _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
-            held = _hold_budget(locked, actor=actor, prompt=_contents_before(locked, last.position))
+            rows = history_rows(conversation_id=locked.pk, before=last.position)
+            held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
             if not _reset_reply(locked, turn_id, ended, held, started):
                 raise NotRetryable
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise ReplyInProgress from exc
     reply = Turn.objects.get(pk=turn_id)
-    return Stored(locked, [], [reply], [], reply)
+    return Stored(locked, [], [reply], [], reply, history_messages(rows))
 
 
 @dataclass(frozen=True)
@@ -446,11 +439,8 @@ def store_edit(
             later.delete()
             user_turn.content = text
             user_turn.save(update_fields=["content"])
-            held = _hold_budget(
-                locked,
-                actor=actor,
-                prompt=_contents_before(locked, user_turn.position + 1),
-            )
+            rows = history_rows(conversation_id=locked.pk, before=user_turn.position + 1)
+            held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
             reply = Turn.objects.create(
                 conversation=locked,
                 position=user_turn.position + 1,
@@ -462,7 +452,7 @@ def store_edit(
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise ReplyInProgress from exc
-    return Stored(locked, [reply], [user_turn], removed, reply)
+    return Stored(locked, [reply], [user_turn], removed, reply, history_messages(rows))
 
 
 INTERRUPTED_MESSAGE = "The server stopped while writing this reply."
