@@ -37,6 +37,12 @@ def token_bound(texts: Iterable[str]) -> int:
     return count
 
 
+def prompt_bound(*, system: str, messages: Iterable[str]) -> int:
+    """`token_bound` of a request: its messages, and its system prompt when it has one
+    (an empty one is not sent)."""
+    return token_bound([system, *messages] if system else messages)
+
+
 @dataclass(frozen=True)
 class Allowance:
     """One budget: whose it is, its size, what was spent and what is held this month."""
@@ -170,7 +176,9 @@ def spend_record(turn: Turn) -> Spend | None:
     if input_tokens is None:
         estimated = True
         history = reply_history(turn=turn)
-        input_tokens = token_bound([turn.system_prompt, *(m["content"] for m in history)])
+        input_tokens = prompt_bound(
+            system=turn.system_prompt, messages=(m["content"] for m in history)
+        )
     membership = Membership.objects.filter(user_id=turn.conversation.owner_id).first()
     return Spend.objects.create(
         user_id=turn.conversation.owner_id,

@@ -16,9 +16,9 @@ from ..actors import Actor, actor_for_user
 from ..budgets import (
     BudgetExceeded,
     budget_hold,
+    prompt_bound,
     reply_worst_cost,
     spend_record,
-    token_bound,
 )
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Turn, UpstreamCall
@@ -134,9 +134,7 @@ def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -
     cost = reply_worst_cost(
         model=locked.model,
         max_tokens=locked.max_tokens,
-        prompt_tokens=token_bound(
-            [locked.system_prompt, *prompt] if locked.system_prompt else prompt
-        ),
+        prompt_tokens=prompt_bound(system=locked.system_prompt, messages=prompt),
     )
     try:
         budget_hold(actor=actor, cost=cost)
