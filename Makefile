@@ -53,7 +53,7 @@ chromium:
 lint: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy chatsite conversations
+	$(BIN)/mypy chatsite teams conversations billing review
 
 format: test-deps
 	$(BIN)/ruff format .

@@ -84,7 +84,10 @@ INSTALLED_APPS = [
     "channels",
     "csp",
     "axes",
+    "teams",
     "conversations",
+    "billing",
+    "review",
 ]
 
 MIDDLEWARE = [

@@ -18,7 +18,9 @@ from django.db.models import Subquery
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from .models import Conversation, Membership, Team
+from teams.models import Membership, Team
+
+from .models import Conversation
 
 _DB_SESSIONS = "django.contrib.sessions.backends.db"
 
@@ -33,6 +35,14 @@ class Actor:
     @property
     def team(self) -> Team | None:
         return self.membership.team if self.membership is not None else None
+
+    @property
+    def team_admin_of(self) -> int | None:
+        """The id of the team this person is an admin of, if they are one."""
+        membership = self.membership
+        if membership is None or membership.role != Membership.Role.ADMIN:
+            return None
+        return membership.team_id
 
     def may_use(self, model: str) -> bool:
         """Whether the person's team may use `model` (no team, or an empty list: all)."""

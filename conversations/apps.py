@@ -15,4 +15,4 @@ class ChatAdminConfig(admin_apps.AdminConfig):
     """The admin, with a site that lets reviewers and team admins in to their scope."""
 
     default = False
-    default_site = "conversations.admin_site.ChatAdminSite"
+    default_site = "chatsite.admin_site.ChatAdminSite"

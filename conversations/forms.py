@@ -1,7 +1,9 @@
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import ProhibitNullCharactersValidator
 
 from .text import validate_storable_text
@@ -113,3 +115,22 @@ class ConversationSearchForm(forms.Form):
 
     def clean_q(self) -> str:
         return str(self.cleaned_data["q"])[: self.MAX_LENGTH]
+
+
+def form_error(form: forms.Form) -> str:
+    """A bound form's error messages as one line; empty when the input is valid."""
+    if form.is_valid():
+        return ""
+    return " ".join(str(message) for messages in form.errors.values() for message in messages)
+
+
+def form_submit(form: forms.Form, service: Callable[[dict[str, Any]], Any]) -> tuple[Any, str]:
+    """Check `form`, then call `service` with its cleaned data: the service's result, or
+    the form's or the service's errors as one line (nothing was stored then)."""
+    error = form_error(form)
+    if error:
+        return None, error
+    try:
+        return service(form.cleaned_data), ""
+    except ValidationError as exc:
+        return None, " ".join(exc.messages)

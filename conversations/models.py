@@ -1,4 +1,4 @@
-"""Conversations and their turns: data and invariants only."""
+"""Conversations, their turns and presets: data and invariants only."""
 
 import math
 import uuid
@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+
+from teams.models import Team
 
 
 def validate_finite(value: float) -> None:
@@ -36,55 +38,6 @@ def check_chat_settings(obj: Any) -> None:
         errors["top_p"] = "Set temperature or top_p, not both: these models refuse both."
     if errors:
         raise ValidationError(errors)
-
-
-class Team(models.Model):
-    """People who share presets, read-only conversations, a budget and a list of models."""
-
-    name = models.CharField(max_length=100, unique=True)
-    monthly_budget_usd = models.DecimalField(
-        max_digits=10, decimal_places=2, null=True, blank=True,
-        help_text="Empty: no team budget.",
-    )  # fmt: skip
-    allowed_models = models.JSONField(
-        default=list, blank=True, help_text="Model ids the team may use; empty: all offered."
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class Membership(models.Model):
-    """A person's place in their team (one team per person)."""
-
-    class Role(models.TextChoices):
-        MEMBER = "member"
-        ADMIN = "admin", "team admin"
-
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership"
-    )
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
-
-    def __str__(self) -> str:
-        return f"{self.user} in {self.team} ({self.role})"
-
-
-class UserBudget(models.Model):
-    """A person's own monthly budget in USD."""
-
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="budget"
-    )
-    monthly_budget_usd = models.DecimalField(max_digits=10, decimal_places=2)
-
-    def __str__(self) -> str:
-        return f"{self.user}: ${self.monthly_budget_usd}/month"
 
 
 class ChatSettings(models.Model):
@@ -286,100 +239,6 @@ class Preset(ChatSettings):
 
     def __str__(self) -> str:
         return self.name
-
-
-class Spend(models.Model):
-    """What one reply cost: a ledger row that outlives edits and deleted conversations."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    team = models.ForeignKey(
-        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    turn = models.ForeignKey(
-        Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    model = models.CharField(max_length=64)
-    input_tokens = models.PositiveIntegerField(default=0)
-    output_tokens = models.PositiveIntegerField(default=0)
-    estimated = models.BooleanField(default=False, help_text="Usage not reported: from the text.")
-    cost_usd = models.DecimalField(max_digits=12, decimal_places=6)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        indexes = [
-            models.Index(fields=["user", "created_at"], name="spend_user_month"),
-            models.Index(fields=["team", "created_at"], name="spend_team_month"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.user} ${self.cost_usd} ({self.model})"
-
-
-class ReviewAccess(models.Model):
-    """Who opened a conversation for review, when and why: shown to its owner, never edited."""
-
-    reviewer = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
-    )
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="review_accesses"
-    )
-    reason = models.CharField(max_length=300, blank=True)
-    opened_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-opened_at"]
-        verbose_name_plural = "review accesses"
-
-    def __str__(self) -> str:
-        return f"{self.reviewer} opened {self.conversation_id} at {self.opened_at:%Y-%m-%d %H:%M}"
-
-
-class Feedback(models.Model):
-    """A person's rating of a reply, and what a reviewer made of it."""
-
-    class Status(models.TextChoices):
-        OPEN = "open"
-        RESOLVED = "resolved"
-
-    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="feedback")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    rating = models.SmallIntegerField(choices=[(1, "up"), (-1, "down")])
-    comment = models.TextField(blank=True, max_length=2000)
-    created_at = models.DateTimeField(auto_now_add=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
-    reviewer_note = models.TextField(blank=True)
-    flag = models.CharField(
-        max_length=16, choices=Conversation.Flag.choices, blank=True, default=""
-    )
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["turn", "user"], name="feedback_once_per_reply"),
-        ]
-        verbose_name_plural = "feedback"
-
-    def __str__(self) -> str:
-        return f"{'+' if self.rating > 0 else '-'} on {self.turn_id} by {self.user}"
-
-
-class UpstreamCall(models.Model):
-    """One model call a person caused (send, retry, edit): the rate limit counts these."""
-
-    class Kind(models.TextChoices):
-        SEND = "send"
-        RETRY = "retry"
-        EDIT = "edit"
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        indexes = [models.Index(fields=["user", "created_at"], name="upstream_call_user_recent")]
-
-    def __str__(self) -> str:
-        return f"{self.kind} by {self.user} at {self.created_at:%H:%M:%S}"
 
 
 assert list(Turn.ACTIVE_STATES) == _ACTIVE_STATE_VALUES  # the constraint names the same states

@@ -9,7 +9,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 
-from .models import Conversation, Membership, Preset, Spend, Turn
+from billing.models import Spend
+from teams.sharing import shared_with_viewer
+
+from .models import Conversation, Preset, Turn
 
 
 def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
@@ -19,39 +22,17 @@ def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated_at")
 
 
-def _shared_with_viewer(user: Any) -> Q:
-    """Shared with the viewer's team by an owner who is still in that team: sharing
-    ends when the owner moves on, whoever stays behind."""
-    viewer_in_team = Membership.objects.filter(user=user, team_id=OuterRef("shared_with_id"))
-    owner_in_team = Membership.objects.filter(
-        user_id=OuterRef("owner_id"), team_id=OuterRef("shared_with_id")
-    )
-    return Q(shared_with__isnull=False) & Q(Exists(viewer_in_team)) & Q(Exists(owner_in_team))
-
-
 def conversation_readable_for(
     *, user: Any, conversation_id: uuid.UUID | str
 ) -> Conversation | None:
     """A conversation the user owns, or one its owner shared (read-only) with the user's team."""
     if not user.is_authenticated:
         return None
-    readable = Conversation.objects.filter(Q(owner=user) | _shared_with_viewer(user))
+    readable = Conversation.objects.filter(Q(owner=user) | shared_with_viewer(user))
     try:
         return readable.select_related("owner").get(pk=conversation_id)
     except (Conversation.DoesNotExist, ValueError, ValidationError):
         return None
-
-
-def conversations_shared_with(*, user: Any) -> QuerySet[Conversation]:
-    """Conversations teammates shared with the user's team, newest first."""
-    if not user.is_authenticated:
-        return Conversation.objects.none()
-    return (
-        Conversation.objects.filter(_shared_with_viewer(user))
-        .exclude(owner=user)
-        .select_related("owner")
-        .order_by("-updated_at")
-    )
 
 
 def conversation_search_for(*, user: Any, query: str) -> QuerySet[Conversation]:

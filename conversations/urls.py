@@ -1,21 +1,6 @@
-from django.urls import path, register_converter
+from django.urls import path
 
 from . import views
-
-
-class ExportFormatConverter:
-    """Only the formats an export comes in; any other suffix is 404 before the view."""
-
-    regex = "|".join(views.EXPORT_EXTENSIONS)
-
-    def to_python(self, value: str) -> str:
-        return value
-
-    def to_url(self, value: str) -> str:
-        return value
-
-
-register_converter(ExportFormatConverter, "export_format")
 
 urlpatterns = [
     path("", views.conversation_list, name="conversation-list"),
@@ -60,11 +45,5 @@ urlpatterns = [
         views.conversation_share_view,
         name="conversation-share",
     ),
-    path(
-        "conversations/<uuid:conversation_id>/export.<export_format:fmt>",
-        views.conversation_export,
-        name="conversation-export",
-    ),
-    path("turns/<int:turn_id>/feedback/", views.turn_feedback, name="turn-feedback"),
     path("presets/<int:preset_id>/delete/", views.preset_delete_view, name="preset-delete"),
 ]

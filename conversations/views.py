@@ -2,13 +2,11 @@
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -21,31 +19,30 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from billing.budgets import allowances_for
 from chatsite.layers import channel_layer_ping
 from chatsite.outages import DATABASE, outage_over, outage_seen
+from teams.sharing import conversation_share, conversations_shared_with
 
 from .actors import Actor, actor_for_user
-from .budgets import allowances_for
 from .forms import (
     ConversationCreateForm,
     ConversationRenameForm,
     ConversationSearchForm,
     ConversationSettingsForm,
-    FeedbackForm,
     PresetCreateForm,
+    form_error,
+    form_submit,
     sampling_of,
 )
 from .gateway import model_available
 from .models import Conversation
-from .review import conversation_as_dict, conversation_as_markdown, review_record, reviewable_by
 from .selectors import (
     conversation_get_for,
     conversation_readable_for,
     conversation_search_for,
-    conversations_shared_with,
     preset_get_for,
     presets_for,
-    turn_get_for,
     turns_before,
     turns_recent,
     turns_with_cost,
@@ -54,9 +51,7 @@ from .services import conversation_create as create_conversation
 from .services import (
     conversation_delete,
     conversation_rename,
-    conversation_share,
     conversation_update,
-    feedback_give,
     preset_create_from,
     preset_delete,
     preset_may_delete,
@@ -64,31 +59,10 @@ from .services import (
 )
 
 CONVERSATIONS_PER_PAGE = 25
-# The export formats and the file extension each is served with.
-EXPORT_EXTENSIONS = {"json": "json", "md": "md"}
 
 
 def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
-
-
-def _form_error(form: forms.Form) -> str:
-    """A bound form's error messages as one line; empty when the input is valid."""
-    if form.is_valid():
-        return ""
-    return " ".join(str(message) for messages in form.errors.values() for message in messages)
-
-
-def _submit(form: forms.Form, service: Callable[[dict[str, Any]], Any]) -> tuple[Any, str]:
-    """Check `form`, then call `service` with its cleaned data: the service's result, or
-    the form's or the service's errors as one line (nothing was stored then)."""
-    error = _form_error(form)
-    if error:
-        return None, error
-    try:
-        return service(form.cleaned_data), ""
-    except ValidationError as exc:
-        return None, " ".join(exc.messages)
 
 
 def _models_context(actor: Actor) -> list[dict[str, object]]:
@@ -141,7 +115,7 @@ def _list_page(
     else:
         # A query nothing can be stored as finds nothing; say why instead.
         query, conversations = "", []
-        search_error = _form_error(search)
+        search_error = form_error(search)
         status = 400
     page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
     actor = actor_for_user(request.user)  # once per request: team, models, budgets
@@ -325,7 +299,7 @@ def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> H
 @require_POST
 def conversation_rename_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    _, error = _submit(
+    _, error = form_submit(
         ConversationRenameForm(request.POST),
         lambda data: conversation_rename(conversation=conversation, title=data["title"]),
     )
@@ -370,10 +344,13 @@ def conversation_delete_view(request: HttpRequest, conversation_id: uuid.UUID) -
 @require_POST
 def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = _get_conversation(request, conversation_id)
-    preset, error = _submit(
+    preset, error = form_submit(
         PresetCreateForm(request.POST),
         lambda data: preset_create_from(
-            conversation=conversation, name=data["name"], for_team=data["for_team"]
+            actor=actor_for_user(request.user),
+            conversation=conversation,
+            name=data["name"],
+            for_team=data["for_team"],
         ),
     )
     if error:
@@ -392,7 +369,7 @@ def preset_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespo
 @require_POST
 def preset_delete_view(request: HttpRequest, preset_id: int) -> HttpResponse:
     preset = preset_get_for(user=request.user, preset_id=preset_id)
-    if preset is None or not preset_may_delete(preset=preset, user=request.user):
+    if preset is None or not preset_may_delete(preset=preset, actor=actor_for_user(request.user)):
         raise Http404("No such preset.")
     preset_delete(preset=preset)
     return redirect("conversation-list")
@@ -403,14 +380,17 @@ def preset_delete_view(request: HttpRequest, preset_id: int) -> HttpResponse:
 def conversation_share_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     """The owner shares a conversation read-only with their team, or stops sharing it."""
     conversation = _get_conversation(request, conversation_id)
+    actor = actor_for_user(request.user)
     try:
-        conversation_share(conversation=conversation, shared=request.POST.get("shared") == "1")
+        conversation_share(
+            actor=actor, conversation=conversation, shared=request.POST.get("shared") == "1"
+        )
     except ValidationError as exc:
         return HttpResponse(" ".join(exc.messages), status=400)
     return render(
         request,
         "conversations/partials/share.html",
-        {"conversation": conversation, "membership": actor_for_user(request.user).membership},
+        {"conversation": conversation, "membership": actor.membership},
     )
 
 
@@ -456,52 +436,3 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     }
     # A 503 adds no log line of its own (chatsite.logs.QuietHealthProbes).
     return JsonResponse(result, status=200 if database and channel_layer else 503)
-
-
-@login_required
-@require_GET
-def conversation_export(request: HttpRequest, conversation_id: uuid.UUID, fmt: str) -> HttpResponse:
-    """The owner's, or a reviewer's (recorded), copy as JSON or Markdown."""
-    extension = EXPORT_EXTENSIONS.get(fmt)
-    if extension is None:
-        raise Http404("No such export format.")
-    conversation = conversation_get_for(user=request.user, conversation_id=conversation_id)
-    if conversation is None:
-        conversation = reviewable_by(request.user).filter(pk=conversation_id).first()
-        if conversation is None:
-            raise Http404("No such conversation.")
-        review_record(reviewer=request.user, conversation=conversation, reason=f"export {fmt}")
-    if fmt == "json":
-        response: HttpResponse = JsonResponse(
-            conversation_as_dict(conversation), json_dumps_params={"ensure_ascii": False}
-        )
-    else:
-        response = HttpResponse(
-            conversation_as_markdown(conversation), content_type="text/markdown; charset=utf-8"
-        )
-    # Only the UUID and a known extension: nothing from the request reaches the header.
-    response["Content-Disposition"] = (
-        f'attachment; filename="conversation-{conversation.pk}.{extension}"'
-    )
-    return response
-
-
-@login_required
-@require_POST
-def turn_feedback(request: HttpRequest, turn_id: int) -> HttpResponse:
-    """The owner rates a reply up or down, with an optional comment."""
-    turn = turn_get_for(user=request.user, turn_id=turn_id)
-    if turn is None:
-        raise Http404("No such reply.")
-    _, error = _submit(
-        FeedbackForm(request.POST),
-        lambda data: feedback_give(
-            user=request.user, turn=turn, rating=data["rating"], comment=data["comment"]
-        ),
-    )
-    return render(
-        request,
-        "conversations/partials/feedback.html",
-        {"turn": turn, "error": error, "given": not error},
-        status=400 if error else 200,
-    )

@@ -623,3 +623,17 @@ def start_chat(page, *, system: str = "", temperature: str = "") -> None:
     page.get_by_role("button", name="Start chat").click()
     page.wait_for_url("**/conversations/*/")
     page.wait_for_function("() => document.querySelector('[ws-connect]') && window.htmx")
+
+
+def migrated_to(targets: list[tuple[str, str | None]] | None) -> Any:
+    """Migrate the test database to `targets` (None: every app's latest); the apps, with
+    their models as of then."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    targets = targets or executor.loader.graph.leaf_nodes()
+    executor.migrate(targets)
+    executor.loader.build_graph()
+    at = [(app, name) for app, name in targets if name is not None]
+    return executor.loader.project_state(at).apps

@@ -1,17 +1,15 @@
 """One definition of chat settings: a preset keeps what a conversation keeps, and an
 upstream request never carries temperature with top_p."""
 
-from typing import Any
-
 import pytest
-from django.db import IntegrityError, connection, transaction
-from django.db.migrations.executor import MigrationExecutor
+from django.db import IntegrityError, transaction
 
+from conversations.actors import actor_for_user
 from conversations.gateway import ChatRequest
 from conversations.gateway.cloudflare import request_body
 from conversations.models import Conversation, Preset
 from conversations.services import conversation_create, preset_create_from, preset_settings
-from tests.conftest import SONNET
+from tests.conftest import SONNET, migrated_to
 
 pytestmark = pytest.mark.postgres
 
@@ -42,7 +40,7 @@ def test_a_preset_carries_every_setting_into_a_new_chat(user, fake_provider) -> 
     source = conversation_create(
         owner=user, model=SONNET, system_prompt="Be brief.", top_p=0.7, top_k=20, max_tokens=300
     )
-    preset = preset_create_from(conversation=source, name="Brief")
+    preset = preset_create_from(actor=actor_for_user(user), conversation=source, name="Brief")
     chat = conversation_create(owner=user, **preset_settings(preset))
     assert (chat.model, chat.system_prompt, chat.temperature, chat.top_p, chat.top_k) == (
         SONNET, "Be brief.", None, 0.7, 20,
@@ -63,17 +61,9 @@ def test_a_request_with_top_p_alone_sends_it() -> None:
     assert body["top_p"] == 0.9 and "temperature" not in body
 
 
-def _migrate(targets: list[tuple[str, str]]) -> Any:
-    """Migrate to `targets`; the apps (models as of then)."""
-    executor = MigrationExecutor(connection)
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
 @pytest.mark.django_db(transaction=True)
 def test_migration_mends_presets_the_new_constraints_refuse(user, other_user) -> None:
-    old = _migrate(BEFORE)
+    old = migrated_to(BEFORE)
     try:
         OldPreset = old.get_model("conversations", "Preset")
         OldConversation = old.get_model("conversations", "Conversation")
@@ -101,7 +91,7 @@ def test_migration_mends_presets_the_new_constraints_refuse(user, other_user) ->
         )
         chat = OldConversation.objects.create(owner_id=user.pk, model=SONNET, title="Kept")
 
-        new = _migrate(AFTER)
+        new = migrated_to(AFTER)
 
         NewPreset = new.get_model("conversations", "Preset")
         after = {
@@ -122,5 +112,4 @@ def test_migration_mends_presets_the_new_constraints_refuse(user, other_user) ->
         with pytest.raises(IntegrityError), transaction.atomic():
             NewPreset.objects.filter(name="fine").update(top_p=0.5)
     finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        migrated_to(None)

@@ -11,16 +11,11 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from billing.models import Spend, UserBudget
 from chatsite.asgi import application
-from conversations.models import (
-    Conversation,
-    Membership,
-    Spend,
-    Team,
-    Turn,
-    UserBudget,
-)
+from conversations.models import Conversation, Turn
 from conversations.services import conversation_create, conversation_update, message_send
+from teams.models import Membership, Team
 from tests.conftest import (
     HAIKU,
     ORIGIN,
@@ -254,7 +249,7 @@ async def test_retries_and_edits_count_against_the_rate_limit(
         await communicator.send_to(text_data=json.dumps(frame))
         assert "too quickly" in (await frames_until(communicator, "too quickly"))[-1]
     assert len(fake_provider.requests) == 3
-    from conversations.models import UpstreamCall
+    from billing.models import UpstreamCall
 
     kinds = await sync_to_async(list)(UpstreamCall.objects.values_list("kind", flat=True))
     assert sorted(kinds) == ["edit", "retry", "send"]

@@ -8,16 +8,18 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.test import RequestFactory
 
-from conversations import views
-from conversations.models import Conversation, Feedback, Preset, Turn
+from conversations.actors import actor_for_user
+from conversations.models import Conversation, Preset, Turn
 from conversations.services import (
     conversation_create,
     conversation_rename,
     conversation_update,
-    feedback_give,
     preset_create_from,
 )
 from conversations.text import UNSTORABLE_MESSAGE
+from review import views as review_views
+from review.feedback import feedback_give
+from review.models import Feedback
 from tests.conftest import SONNET
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -107,9 +109,11 @@ class TestServicesRefuseUnstorableTextFromAnyCaller:
         conversation.refresh_from_db()
         assert conversation.title == "Test chat"
 
-    def test_preset_name(self, conversation, bad):
+    def test_preset_name(self, user, conversation, bad):
         with pytest.raises(ValidationError, match=UNSTORABLE_MESSAGE):
-            preset_create_from(conversation=conversation, name=f"Pi{bad}rate")
+            preset_create_from(
+                actor=actor_for_user(user), conversation=conversation, name=f"Pi{bad}rate"
+            )
         assert not Preset.objects.exists()
 
     def test_feedback_comment(self, user, reply, bad):
@@ -184,7 +188,7 @@ class TestExport:
         request = RequestFactory().get("/")
         request.user = user
         with pytest.raises(Http404):
-            views.conversation_export(request, conversation_id=conversation.pk, fmt="exe")
+            review_views.conversation_export(request, conversation_id=conversation.pk, fmt="exe")
 
     @pytest.mark.parametrize("fmt", ["json", "md"])
     def test_the_filename_is_the_conversation_id_and_the_format(self, signed_in, conversation, fmt):

@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+from billing.models import Spend
 from conversations.fragments import final_fragment
 from conversations.gateway import ReplyError, ResponseStarted, TextDelta
-from conversations.models import Spend, Turn
+from conversations.models import Turn
 from conversations.services import ReplyOutcome, message_send, reply_finish, reply_retry
 from tests.conftest import SONNET, frames_until, open_chat_socket
 from tests.test_query_counts import CHAT_PAGE_QUERIES, conversation_with_turns

@@ -9,17 +9,11 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 
-from conversations.models import (
-    Conversation,
-    Feedback,
-    Membership,
-    Preset,
-    ReviewAccess,
-    Team,
-    Turn,
-    UserBudget,
-)
+from billing.models import UserBudget
+from conversations.models import Conversation, Preset, Turn
 from conversations.services import turn_checkpoints
+from review.models import Feedback, ReviewAccess
+from teams.models import Membership, Team
 from tests.conftest import PASSWORD, SONNET
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]

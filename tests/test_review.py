@@ -10,8 +10,11 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 
-from conversations.models import Conversation, Feedback, Membership, ReviewAccess, Spend, Team
+from billing.models import Spend
+from conversations.models import Conversation
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
+from review.models import Feedback, ReviewAccess
+from teams.models import Membership, Team
 from tests.conftest import SONNET
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +101,7 @@ def test_ordinary_users_never_reach_the_admin(client, user, chats):
     alices, _ = chats
     client.force_login(user)
     for url in ("/admin/", CHANGELIST, transcript_url(alices), "/admin/usage/",
-                "/admin/conversations/feedback/"):  # fmt: skip
+                "/admin/review/feedback/"):  # fmt: skip
         response = client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response.url
 
@@ -107,7 +110,7 @@ def test_the_record_cannot_be_edited_or_deleted(admin_client, reviewer, chats):
     alices, _ = chats
     admin_client.get(transcript_url(alices))
     access = ReviewAccess.objects.get()
-    base = f"/admin/conversations/reviewaccess/{access.pk}"
+    base = f"/admin/review/reviewaccess/{access.pk}"
     edit = admin_client.post(f"{base}/change/", {"reason": "nothing to see"})
     assert edit.status_code == 403 or ReviewAccess.objects.get().reason == ""
     assert admin_client.post(f"{base}/delete/", {"post": "yes"}).status_code == 403
@@ -137,11 +140,11 @@ def test_feedback_from_users_reaches_the_inbox_negative_first(client, user, revi
     reply_finish(turn_id=second.pk, outcome=ReplyOutcome(state="complete", content="Fine"))
     client.post(f"/turns/{second.pk}/feedback/", {"rating": "1"})
     client.force_login(reviewer)
-    inbox = client.get("/admin/conversations/feedback/").content.decode()
+    inbox = client.get("/admin/review/feedback/").content.decode()
     assert inbox.index("👎 down") < inbox.index("👍 up") and "Wrong" not in inbox
     feedback = Feedback.objects.get(rating=-1)
     note = {"status": "resolved", "flag": "quality", "reviewer_note": "Fixed prompt"}
-    client.post(f"/admin/conversations/feedback/{feedback.pk}/change/", note)
+    client.post(f"/admin/review/feedback/{feedback.pk}/change/", note)
     feedback.refresh_from_db()
     assert (feedback.status, feedback.flag, feedback.reviewer_note) == (
         "resolved", "quality", "Fixed prompt")  # fmt: skip

@@ -4,13 +4,14 @@
 import pytest
 from django.contrib.auth.models import Permission
 
-from conversations.models import Feedback, Membership, ReviewAccess, Team
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
+from review.models import Feedback, ReviewAccess
+from teams.models import Membership, Team
 from tests.conftest import SONNET
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 CHANGELIST = "/admin/conversations/conversation/"
-FEEDBACK = "/admin/conversations/feedback/"
+FEEDBACK = "/admin/review/feedback/"
 SECRET_WORD = "quokkaberry"  # appears only in alice's message
 TITLE = "Alice's salary talk"
 COMMENT = "Wrong about my manager"
@@ -122,7 +123,7 @@ def test_no_side_door_shows_a_title_without_a_record(client, admin_client, team_
     assert "salary talk" not in history.content.decode()
     autocomplete = client.get(
         "/admin/autocomplete/",
-        {"app_label": "conversations", "model_name": "reviewaccess",
+        {"app_label": "review", "model_name": "reviewaccess",
          "field_name": "conversation", "term": "alice"},
     )  # fmt: skip
     assert "salary talk" not in autocomplete.content.decode()
@@ -130,7 +131,7 @@ def test_no_side_door_shows_a_title_without_a_record(client, admin_client, team_
     # The autocomplete a form declares (a team's members) still answers.
     members = admin_client.get(
         "/admin/autocomplete/",
-        {"app_label": "conversations", "model_name": "membership", "field_name": "user",
+        {"app_label": "teams", "model_name": "membership", "field_name": "user",
          "term": "ali"},
     )  # fmt: skip
     assert [r["text"] for r in members.json()["results"]] == ["alice"]

@@ -8,12 +8,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from billing.budgets import allowances_for
+from billing.models import Spend, UserBudget
 from conversations.actors import actor_for_user
-from conversations.budgets import allowances_for
 from conversations.gateway import Finished, ResponseStarted, TextDelta, Usage
-from conversations.models import Conversation, Membership, Preset, Spend, Team, UserBudget
+from conversations.models import Conversation, Preset
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
 from conversations.services.turns import OverBudget
+from teams.models import Membership, Team
 from tests.conftest import HAIKU, SONNET, chat_socket_accepted, frames_until, open_chat_socket
 
 pytestmark = pytest.mark.django_db

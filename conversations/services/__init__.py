@@ -5,10 +5,8 @@ from .conversations import (
     conversation_create,
     conversation_delete,
     conversation_rename,
-    conversation_share,
     conversation_update,
 )
-from .feedback import feedback_give
 from .presets import preset_create_from, preset_delete, preset_may_delete, preset_settings
 from .turns import (
     INTERRUPTED_MESSAGE,
@@ -49,9 +47,7 @@ __all__ = [
     "conversation_create",
     "conversation_delete",
     "conversation_rename",
-    "conversation_share",
     "conversation_update",
-    "feedback_give",
     "message_edit",
     "message_send",
     "preset_create_from",

@@ -8,8 +8,9 @@ request and the person's budget warnings.
 
 from dataclasses import dataclass
 
+from billing.budgets import budget_warnings
+
 from ..actors import Actor
-from ..budgets import budget_warnings
 from ..gateway import ChatRequest
 from ..models import Conversation, Turn
 from .turns import Stored, reply_request, store_edit, store_retry, store_send

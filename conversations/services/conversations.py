@@ -6,7 +6,7 @@ from django.db import transaction
 
 from ..actors import actor_for_user
 from ..gateway import model_available
-from ..models import ChatSettings, Conversation, Membership
+from ..models import ChatSettings, Conversation
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 SETTING_FIELDS = ("title", *ChatSettings.FIELDS)
@@ -82,16 +82,3 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with all its turns."""
     conversation.delete()
-
-
-def conversation_share(*, conversation: Conversation, shared: bool) -> Conversation:
-    """Share a conversation read-only with its owner's team, or stop sharing it."""
-    team_id = None
-    if shared:
-        membership = Membership.objects.filter(user_id=conversation.owner_id).first()
-        if membership is None:
-            raise ValidationError("You are not in a team, so there is no one to share with.")
-        team_id = membership.team_id
-    conversation.shared_with_id = team_id
-    conversation.save(update_fields=["shared_with", "updated_at"])
-    return conversation

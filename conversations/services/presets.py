@@ -3,14 +3,17 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from ..models import ChatSettings, Conversation, Membership, Preset
+from ..actors import Actor
+from ..models import ChatSettings, Conversation, Preset
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 
 @transaction.atomic
-def preset_create_from(*, conversation: Conversation, name: str, for_team: bool = False) -> Preset:
-    """Save a conversation's model, system prompt and settings under a name; for the
-    owner's team too when they are its admin."""
+def preset_create_from(
+    *, actor: Actor, conversation: Conversation, name: str, for_team: bool = False
+) -> Preset:
+    """Save a conversation's model, system prompt and settings under a name, as the
+    actor's own preset; for their team too when they are its admin."""
     name = (name or "").strip()
     if not text_is_storable(name):
         raise ValidationError({"name": ValidationError(UNSTORABLE_MESSAGE, code="unstorable")})
@@ -18,12 +21,11 @@ def preset_create_from(*, conversation: Conversation, name: str, for_team: bool 
         raise ValidationError({"name": "Give the preset a name."})
     team_id = None
     if for_team:
-        membership = Membership.objects.filter(user_id=conversation.owner_id).first()
-        if membership is None or membership.role != Membership.Role.ADMIN:
+        team_id = actor.team_admin_of
+        if team_id is None:
             raise ValidationError({"name": "Only team admins can save team presets."})
-        team_id = membership.team_id
     preset = Preset(
-        owner_id=conversation.owner_id,
+        owner_id=actor.user.pk,
         team_id=team_id,
         name=name[:100],
         **{field: getattr(conversation, field) for field in ChatSettings.FIELDS},
@@ -42,13 +44,11 @@ def preset_settings(preset: Preset) -> dict[str, Any]:
     return {field: getattr(preset, field) for field in ChatSettings.FIELDS}
 
 
-def preset_may_delete(*, preset: Preset, user: Any) -> bool:
+def preset_may_delete(*, preset: Preset, actor: Actor) -> bool:
     """Own presets by their owner; team presets by the team's admins."""
     if preset.team_id is None:
-        return bool(preset.owner_id == user.pk)
-    return Membership.objects.filter(
-        user=user, team_id=preset.team_id, role=Membership.Role.ADMIN
-    ).exists()
+        return bool(preset.owner_id == actor.user.pk)
+    return preset.team_id == actor.team_admin_of
 
 
 def preset_delete(*, preset: Preset) -> None:

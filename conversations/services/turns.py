@@ -12,16 +12,18 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..actors import Actor, actor_for_user
-from ..budgets import (
+from billing.budgets import (
     BudgetExceeded,
     budget_hold,
     prompt_bound,
     reply_worst_cost,
     spend_record,
 )
+from billing.models import UpstreamCall
+
+from ..actors import Actor, actor_for_user
 from ..gateway import ChatRequest, model_available
-from ..models import Conversation, Turn, UpstreamCall
+from ..models import Conversation, Turn
 from ..selectors import history_messages, history_rows, reply_history, turns_with_cost
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
@@ -473,7 +475,7 @@ def reply_sweep_stale(*, stale_after: float, alive: Iterable[int] = ()) -> list[
                 error_message=INTERRUPTED_MESSAGE,
                 finished_at=timezone.now(),
             ):
-                spend_record(Turn.objects.select_related("conversation").get(pk=turn_id))
+                spend_record(Turn.objects.select_related("conversation__owner").get(pk=turn_id))
                 # Text that was streamed was billed: the pages are shown that cost.
                 swept.append(turns_with_cost(Turn.objects.all()).get(pk=turn_id))
     return swept
@@ -512,7 +514,7 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         ).update(**fields)
         if not updated:
             return None
-        turn = Turn.objects.select_related("conversation").get(pk=turn_id)
+        turn = Turn.objects.select_related("conversation__owner").get(pk=turn_id)
         spend_record(turn)
         Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
         # Read again with what was just billed, for the pages' final fragment.

@@ -1,48 +1,11 @@
-"""Conversation review: who may look at which conversations, the record of every look,
-and the exports reviewers and owners take away."""
+"""The exports reviewers and owners take away: JSON, Markdown, JSON Lines."""
 
 import json
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import QuerySet
-
-from .models import Conversation, Membership, ReviewAccess, Turn
-from .selectors import turn_cost, turns_in_order
-
-EVERYTHING = "everything"
-
-
-def review_scope(user: Any) -> str | int | None:
-    """What a person may review: `EVERYTHING` (superusers and holders of the `review`
-    permission), their team's id (team admins), or None (anyone else)."""
-    if not (user.is_authenticated and user.is_active):
-        return None
-    if user.is_superuser or user.has_perm("conversations.review_conversation"):
-        return EVERYTHING
-    membership = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).first()
-    return membership.team_id if membership else None
-
-
-def reviewable_by(user: Any) -> QuerySet[Conversation]:
-    """The conversations `user` may review, per `review_scope`."""
-    scope = review_scope(user)
-    if scope is None:
-        return Conversation.objects.none()
-    if scope == EVERYTHING:
-        return Conversation.objects.all()
-    return Conversation.objects.filter(owner__membership__team_id=scope)
-
-
-def may_review(user: Any) -> bool:
-    return review_scope(user) is not None
-
-
-def review_record(*, reviewer: Any, conversation: Conversation, reason: str = "") -> ReviewAccess:
-    """Every look is on the record, and its owner sees it."""
-    return ReviewAccess.objects.create(
-        reviewer=reviewer, conversation=conversation, reason=reason.strip()[:300]
-    )
+from conversations.models import Conversation, Turn
+from conversations.selectors import turn_cost, turns_in_order
 
 
 def _turn_data(turn: Turn) -> dict[str, Any]:

@@ -1,11 +1,9 @@
-"""The admin: conversation review (scoped, read-only, every look recorded), the feedback
-inbox, the usage report, and the team, budget and ledger records.
+"""The admin review: conversations (scoped, read-only, every look recorded), the feedback
+inbox and the record of looks.
 
 What people wrote (titles, messages, feedback comments) appears only on a page that records
 the look; lists show metadata and are searched and filtered by metadata only."""
 
-import csv
-from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +13,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.constants import LOOKUP_SEP
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -24,26 +22,15 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from .models import (
-    Conversation,
-    Feedback,
-    Membership,
-    ReviewAccess,
-    Spend,
-    Team,
-    Turn,
-    UserBudget,
-)
-from .review import (
-    EVERYTHING,
-    conversations_as_jsonl,
-    may_review,
-    review_record,
-    review_scope,
-    reviewable_by,
-)
-from .selectors import turns_in_order
-from .templatetags.chat import model_label
+from billing.models import Spend
+from chatsite.admin_site import ReadOnlyAdmin
+from conversations.models import Conversation, Turn
+from conversations.selectors import turns_in_order
+from conversations.templatetags.chat import model_label
+
+from .access import may_review, review_record, reviewable_by
+from .exports import conversations_as_jsonl
+from .models import Feedback, ReviewAccess
 
 
 class ReviewPermissions:
@@ -324,19 +311,6 @@ class FeedbackInboxAdmin(MetadataLookupsOnly, ReviewPermissions, admin.ModelAdmi
         return response
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records no one may add, change or delete in the admin."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 class ReviewAccessAdmin(ReadOnlyAdmin):
     """The record of every look: readable by superusers, changed by no one."""
 
@@ -358,123 +332,6 @@ class ReviewAccessAdmin(ReadOnlyAdmin):
         return obj.conversation.owner.get_username()
 
 
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 1
-    autocomplete_fields = ["user"]
-
-
-class TeamAdmin(admin.ModelAdmin):
-    list_display = ("name", "monthly_budget_usd", "allowed_models", "created_at")
-    search_fields = ("name",)
-    inlines = [MembershipInline]
-
-
-class UserBudgetAdmin(admin.ModelAdmin):
-    list_display = ("user", "monthly_budget_usd")
-    autocomplete_fields = ["user"]
-    search_fields = ("user__username",)
-
-
-class SpendAdmin(ReadOnlyAdmin):
-    """The ledger: read-only, so spend cannot be edited away."""
-
-    list_display = ("created_at", "user", "team", "model", "input_tokens", "output_tokens",
-                    "cost_usd", "estimated")  # fmt: skip
-    list_filter = ("model", "team", "estimated")
-    date_hierarchy = "created_at"
-
-
-def _report_scope(user: Any) -> QuerySet[Spend]:
-    scope = review_scope(user)
-    if scope is None:
-        return Spend.objects.none()
-    if scope == EVERYTHING:
-        return Spend.objects.all()
-    return Spend.objects.filter(team_id=scope)
-
-
-def _parse_day(value: str | None, default: date) -> date:
-    try:
-        return date.fromisoformat(value) if value else default
-    except ValueError:
-        return default
-
-
-def usage_report(request: HttpRequest) -> HttpResponse:
-    """Cost and tokens per user, team, model and day, with totals and a chart."""
-    if not may_review(request.user):
-        return redirect("admin:index")
-    today = timezone.now().date()
-    start = _parse_day(request.GET.get("start"), today.replace(day=1))
-    end = _parse_day(request.GET.get("end"), today)
-    spends = _report_scope(request.user).filter(
-        created_at__date__gte=start, created_at__date__lte=end
-    )
-    sums = {"cost": Sum("cost_usd"), "input": Sum("input_tokens"), "output": Sum("output_tokens"),
-            "replies": Count("id")}  # fmt: skip
-    rows = list(
-        spends.annotate(day=TruncDate("created_at"))
-        .values("day", "user__username", "team__name", "model")
-        .annotate(**sums)
-        .order_by("day", "user__username", "model")
-    )
-    if request.GET.get("format") == "csv":
-        response = HttpResponse(content_type="text/csv")
-        response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}.csv"'
-        writer = csv.writer(response)
-        writer.writerow(["day", "user", "team", "model", "replies", "input_tokens",
-                         "output_tokens", "cost_usd"])  # fmt: skip
-        for row in rows:
-            writer.writerow([row["day"], row["user__username"], row["team__name"] or "",
-                             row["model"], row["replies"], row["input"], row["output"],
-                             row["cost"]])  # fmt: skip
-        return response
-    totals = spends.aggregate(**sums)
-    by = {
-        "user": spends.values(name=Coalesce("user__username", Value("?"))),
-        "team": spends.values(name=Coalesce("team__name", Value("(no team)"))),
-        "model": spends.values(name=Coalesce("model", Value("?"))),
-    }
-    breakdowns = {key: list(qs.annotate(**sums).order_by("-cost")) for key, qs in by.items()}
-    per_day = {r["day"]: r["cost"] for r in spends.annotate(day=TruncDate("created_at"))
-               .values("day").annotate(cost=Sum("cost_usd"))}  # fmt: skip
-    days = [start + timedelta(days=n) for n in range((end - start).days + 1)][:92]
-    peak = max([per_day.get(day) or Decimal(0) for day in days] + [Decimal("0.0001")])
-    width = 640 / max(1, len(days))
-    bars = [
-        {
-            "x": round(n * width + 1, 1),
-            "width": round(max(1.0, width - 2), 1),
-            "height": round(float((per_day.get(day) or 0) / peak) * 180, 1),
-            "y": round(200 - float((per_day.get(day) or 0) / peak) * 180, 1),
-            "day": day,
-            "cost": per_day.get(day) or Decimal(0),
-        }
-        for n, day in enumerate(days)
-    ]
-    context = {
-        **admin.site.each_context(request),
-        "title": "Usage and cost",
-        "start": start,
-        "end": end,
-        "rows": rows,
-        "totals": totals,
-        "breakdowns": breakdowns,
-        "bars": bars,
-        "peak": peak,
-        "csv_url": f"{reverse('admin:usage-report')}?start={start}&end={end}&format=csv",
-    }
-    return TemplateResponse(request, "admin/usage_report.html", context)
-
-
-def register(site: admin.AdminSite) -> None:
-    site.register(Conversation, ConversationReviewAdmin)
-    site.register(Feedback, FeedbackInboxAdmin)
-    site.register(ReviewAccess, ReviewAccessAdmin)
-    site.register(Team, TeamAdmin)
-    site.register(UserBudget, UserBudgetAdmin)
-    site.register(Spend, SpendAdmin)
-
-
-register(admin.site)
+admin.site.register(Conversation, ConversationReviewAdmin)
+admin.site.register(Feedback, FeedbackInboxAdmin)
+admin.site.register(ReviewAccess, ReviewAccessAdmin)

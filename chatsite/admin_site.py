@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from .review import may_review
+from review.access import may_review
 
 
 class ReviewerLoginForm(AuthenticationForm):
@@ -49,6 +49,19 @@ def _declares_autocomplete(site: admin.AdminSite, *, source_field: Any) -> bool:
     return False
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records no one may add, change or delete in the admin."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class ChatAdminSite(admin.AdminSite):
     """Staff as usual, plus reviewers and team admins, who see only what they may review."""
 
@@ -68,7 +81,7 @@ class ChatAdminSite(admin.AdminSite):
         return view(request)  # type: ignore[return-value]  # a JsonResponse
 
     def get_urls(self) -> list[Any]:
-        from .admin import usage_report
+        from billing.admin import usage_report
 
         return [
             path("usage/", self.admin_view(usage_report), name="usage-report"),

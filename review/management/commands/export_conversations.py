@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from conversations.models import Conversation
-from conversations.review import conversations_as_jsonl
+from review.exports import conversations_as_jsonl
 
 
 class Command(BaseCommand):

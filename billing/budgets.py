@@ -15,10 +15,13 @@ from django.conf import settings
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from .actors import Actor
-from .models import Membership, Spend, Team, Turn, UserBudget
-from .selectors import reply_history
-from .usage import MILLION, reply_cost
+from conversations.actors import Actor, actor_for_user
+from conversations.models import Turn
+from conversations.selectors import reply_history
+from teams.models import Team
+
+from .models import Spend, UserBudget
+from .prices import MILLION, reply_cost
 
 WARN_FRACTION = Decimal("0.8")
 # A token is at least one byte of UTF-8 (Claude's tokenizer works on bytes), so a
@@ -179,10 +182,10 @@ def spend_record(turn: Turn) -> Spend | None:
         input_tokens = prompt_bound(
             system=turn.system_prompt, messages=(m["content"] for m in history)
         )
-    membership = Membership.objects.filter(user_id=turn.conversation.owner_id).first()
+    owner = actor_for_user(turn.conversation.owner)
     return Spend.objects.create(
-        user_id=turn.conversation.owner_id,
-        team_id=membership.team_id if membership else None,
+        user_id=owner.user.pk,
+        team_id=owner.membership.team_id if owner.membership else None,
         turn=turn,
         model=turn.model,
         input_tokens=input_tokens,

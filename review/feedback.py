@@ -2,8 +2,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ..models import Feedback, Turn
-from ..text import validate_storable_text
+from conversations.models import Turn
+from conversations.text import validate_storable_text
+
+from .models import Feedback
 
 
 def feedback_give(*, user: Any, turn: Turn, rating: Any, comment: str = "") -> Feedback:

@@ -1,0 +1,45 @@
+"""Teams and who is in them."""
+
+from django.conf import settings
+from django.db import models
+
+
+class Team(models.Model):
+    """People who share presets, read-only conversations, a budget and a list of models."""
+
+    name = models.CharField(max_length=100, unique=True)
+    monthly_budget_usd = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True,
+        help_text="Empty: no team budget.",
+    )  # fmt: skip
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model ids the team may use; empty: all offered."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "conversations_team"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A person's place in their team (one team per person)."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        ADMIN = "admin", "team admin"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        db_table = "conversations_membership"
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
