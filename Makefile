@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # outlives its test, so the drop is never refused).
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/chat
 
-.PHONY: install run test lint format deps test-deps chromium emulator clean bench
+.PHONY: install run test lint format deps test-deps chromium oidc-provider emulator clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,16 +50,27 @@ chromium:
 	  else echo "chromium is missing and this is not root: browser tests will be skipped"; fi; \
 	fi
 
+# The OpenID Provider the sign-in tests run on loopback (panva's oidc-provider, pinned
+# in tests/oidc/package-lock.json); without node those tests are skipped.
+OIDC_PROVIDER := tests/oidc/node_modules/.package-lock.json
+$(OIDC_PROVIDER): tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+oidc-provider:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(OIDC_PROVIDER); \
+	else echo "npm is missing: the single sign-on tests will be skipped"; fi
+
 lint: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy chatsite teams conversations billing review
+	$(BIN)/mypy chatsite teams conversations billing review accounts api
 
 format: test-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: test-deps chromium lint
+test: test-deps chromium oidc-provider lint
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/pytest $(PYTEST_ARGS)
 	DATABASE_URL=$(PG_TEST_URL) DATABASE_CONN_MAX_AGE=0 \
@@ -77,4 +88,4 @@ bench: deps
 	$(BIN)/python manage.py bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var/static
+	rm -rf $(VENV) var/static tests/oidc/node_modules

@@ -9,6 +9,7 @@ Reads a JSON spec on stdin, writes a JSON description on stdout:
   level and the profile rounds; conversation i of a group belongs to user i;
 - long conversations of 10, 100 and 1,000 turns of realistic Markdown replies,
   owned by a reader user of their own;
+- with ``api_tokens``, a personal API token for each user;
 - on SQLite, a write counter: triggers on every table add one per inserted,
   updated or deleted row to ``bench_writes`` (PostgreSQL has pg_stat_user_tables).
 """
@@ -48,13 +49,25 @@ def _users(count: int, prefix: str = "bench-") -> list[dict[str, Any]]:
     for user in users[:count]:
         session = SessionStore()
         session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        # The backend that signs in people with passwords (the last one configured).
+        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[-1]
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
         out.append(
             {"id": user.pk, "cookie": f"{settings.SESSION_COOKIE_NAME}={session.session_key}"}
         )
     return out
+
+
+def _api_tokens(users: list[dict[str, Any]]) -> None:
+    """A personal API token for each user (the API rows: one client per person)."""
+    from django.contrib.auth import get_user_model
+
+    from api.tokens import token_create
+
+    owners = get_user_model().objects.in_bulk([user["id"] for user in users])
+    for user in users:
+        _, user["token"] = token_create(owner=owners[user["id"]], name="bench")
 
 
 def _conversations(users: list[dict[str, Any]], count: int) -> list[str]:
@@ -149,6 +162,8 @@ def main() -> None:
     django.setup()
     spec = json.loads(sys.stdin.read())
     users = _users(max(1, int(spec["users"])))
+    if spec.get("api_tokens"):
+        _api_tokens(users)
     sets: dict[str, dict[str, Any]] = {}
     for name, groups in spec["sets"].items():
         sets[name] = {group: _conversations(users, int(n)) for group, n in groups.items()}

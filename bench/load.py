@@ -10,7 +10,9 @@ Two modes, with the same definitions of time to first token (TTFT) and total tim
   ``interrupted`` state, a refused send, a closed socket or the timeout is an error.
 - ``http``: the direct baseline. The same number of streams read straight from
   the gateway emulator. TTFT = request sent until the first text event
-  (``content_block_delta``); total = until the end of the chunked stream.
+  (``content_block_delta``); total = until the end of the chunked stream. The
+  same mode drives the server's own API (``/v1/chat/completions``, streamed): the
+  job then names the body, a token per client and the marks of the OpenAI shape.
 
 Both are ``asyncio.Protocol`` parsers (no per-frame coroutine switches, timestamps
 taken when bytes arrive), so the generator stays cheap next to the server.
@@ -256,8 +258,16 @@ class Chat(asyncio.Protocol):
 class Stream(asyncio.Protocol):
     """One direct stream from the emulator (the baseline)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: bytes,
+        text_mark: bytes = SSE_TEXT_MARK,
+        stop_mark: bytes = SSE_STOP_MARK,
+    ):
         self.request = request
+        self.text_mark = text_mark
+        self.stop_mark = stop_mark
         self.connected: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -299,17 +309,17 @@ class Stream(asyncio.Protocol):
             data = bytes(self.head[end + 2 :])  # keep a CRLF before the first chunk size
             self.head.clear()
         window = self.tail + data
-        count = window.count(SSE_TEXT_MARK)
+        count = window.count(self.text_mark)
         if count:
             self.text_frames += count
             if self.first_at is None:
                 self.first_at = now
-        if SSE_STOP_MARK in window:
+        if self.stop_mark in window:
             self.stopped = True
         if CHUNKED_END in window:
             self.end_at = now
             if not self.stopped:
-                self._fail("stream ended without message_stop")
+                self._fail("stream ended without its end event")
             elif not self.done.done():
                 self.done.set_result(None)
         self.tail = window[-_TAIL:]
@@ -365,9 +375,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _http_request(job: dict[str, Any]) -> bytes:
+def _http_request(job: dict[str, Any], token: str) -> bytes:
     body = json.dumps(
-        {
+        job.get("body")
+        or {
             "messages": [{"role": "user", "content": job["message"]}],
             "max_tokens": 1024,
             "stream": True,
@@ -376,7 +387,7 @@ def _http_request(job: dict[str, Any]) -> bytes:
     head = (
         f"POST {job['path']} HTTP/1.1\r\n"
         f"Host: {job['host']}:{job['port']}\r\n"
-        f"Authorization: Bearer {job['token']}\r\n"
+        f"Authorization: Bearer {token}\r\n"
         "Content-Type: application/json\r\n"
         "Accept: text/event-stream\r\n"
         f"Content-Length: {len(body)}\r\n"
@@ -394,8 +405,12 @@ async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, 
     if mode == "ws":
         clients = [Chat(loop, job, chat) for chat in job["chats"]]
     else:
-        request = _http_request(job)
-        clients = [Stream(loop, request) for _ in range(int(job["count"]))]
+        tokens = job.get("tokens") or [job["token"]]
+        marks = [m.encode() for m in job.get("marks", [])] or [SSE_TEXT_MARK, SSE_STOP_MARK]
+        clients = [
+            Stream(loop, _http_request(job, tokens[i % len(tokens)]), *marks)
+            for i in range(int(job["count"]))
+        ]
     connect_errors: dict[int, str] = {}
 
     async def connect(index: int, client: Chat | Stream) -> None:

@@ -39,6 +39,10 @@ WARMUP_CHATS = 5
 PROFILE_LEVEL = 100
 PROFILE_ROUNDS = 3
 SERVERS = ("daphne", "uvicorn")
+# Levels at which the API (streamed /v1/chat/completions) is measured too.
+API_LEVELS = (1, 10, 100)
+# The OpenAI shape's marks: a chunk with text, and the end of the stream.
+API_MARKS = ['"delta": {"content": ', "data: [DONE]"]
 DATABASES = ("sqlite", "postgres")
 
 
@@ -338,6 +342,29 @@ def ws_job(
     }
 
 
+def api_job(run: Run, server: Server, users: list[dict[str, Any]], level: int) -> dict[str, Any]:
+    """`level` streamed calls of `/v1/chat/completions`, each with its own person's token."""
+    return {
+        "mode": "http",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "path": "/v1/chat/completions",
+        "tokens": [user["token"] for user in users[:level]],
+        "body": {
+            "model": SONNET,
+            "messages": [{"role": "user", "content": MESSAGE}],
+            "max_tokens": 1024,
+            "stream": True,
+        },
+        "marks": API_MARKS,
+        "message": MESSAGE,
+        "count": level,
+        "timeout": run.options.chat_timeout,
+        "connect_timeout": 60,
+        "connect_concurrency": 64,
+    }
+
+
 def baseline(run: Run) -> list[dict[str, Any]]:
     rows = []
     for level in run.options.levels:
@@ -568,6 +595,7 @@ def run_database(run: Run, db: BenchDatabase, var_dir: Path, secret: str) -> Non
         },
         "long": list(LONG_SIZES) if options.long else [],
         "count_writes": db.name == "sqlite",
+        "api_tokens": options.load,
     }
     started = time.monotonic()
     fixtures = json.loads(
@@ -684,6 +712,18 @@ def serve(run: Run, db: BenchDatabase, server: Server, fixtures: dict[str, Any])
             profile_groups = [sets[f"P{i}"] for i in range(PROFILE_ROUNDS)]
             run.say(f"-- profiling {server.kind} under {PROFILE_LEVEL} chats (py-spy)")
             run.results["profile"] = profile_server(run, server, profile_groups, users)
+    api_levels = [n for n in options.levels if n in API_LEVELS]
+    if api_levels:  # warm the API's own paths up first, as the socket's were
+        wait_idle(server.pid)
+        drive(run, api_job(run, server, users, WARMUP_CHATS), server.pid, None)
+    for level in api_levels:
+        wait_idle(server.pid)
+        row = drive(run, api_job(run, server, users, level), server.pid, db)
+        row = {"server": f"{server.kind} /v1", "database": db.name, "path": "api", **row}
+        if row.get("server_cpu_s") is not None:
+            row["cpu_s_per_chat"] = round(row["server_cpu_s"] / row["level"], 4)
+        run.results["rows"].append(row)
+        run.say(report.row_line(row))
 
 
 def _run_with_input(args: list[str], env: dict[str, str], data: str) -> str:

@@ -8,6 +8,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from dotenv import load_dotenv
@@ -88,6 +89,13 @@ INSTALLED_APPS = [
     "conversations",
     "billing",
     "review",
+    "api",
+    # Sign-in by the company's identity provider, and accounts people run themselves.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -100,12 +108,18 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
     # Last, as django-axes asks: it answers locked-out sign-ins.
     "axes.middleware.AxesMiddleware",
 ]
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    # Passwords (refused for everyone but staff when OIDC_ONLY is set), and the
+    # backend allauth signs people in with after single sign-on.
+    "accounts.backends.SignInBackend",
+    # Only for sessions signed in before accounts.backends existed; it never sees a
+    # password (SignInBackend's answer on one is final).
     "django.contrib.auth.backends.ModelBackend",
 ]
 
@@ -328,3 +342,79 @@ CHAT_SEND_RATE_WINDOW = env_float("CHAT_SEND_RATE_WINDOW", 60.0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 1_000_000)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 CHAT_VISIBLE_TURNS = env_int("CHAT_VISIBLE_TURNS", 50)
+
+# --- Accounts: single sign-on (OpenID Connect, django-allauth) and e-mail ----
+
+# One identity provider, provider id `sso`: register the redirect URI
+# {origin}/accounts/oidc/sso/login/callback/ there. Unset: password sign-in only.
+OIDC_ISSUER = os.environ.get("OIDC_ISSUER", "").strip().rstrip("/")
+OIDC_CLIENT_ID = os.environ.get("OIDC_CLIENT_ID", "").strip()
+OIDC_CLIENT_SECRET = os.environ.get("OIDC_CLIENT_SECRET", "").strip()
+OIDC_NAME = os.environ.get("OIDC_NAME", "").strip() or "single sign-on"
+OIDC_SCOPES = os.environ.get("OIDC_SCOPES", "").split() or ["openid", "profile", "email"]
+# A claim listing the person's groups: a group named like a team puts them in it.
+OIDC_TEAM_CLAIM = os.environ.get("OIDC_TEAM_CLAIM", "").strip()
+OIDC_CONFIGURED = bool(OIDC_ISSUER and OIDC_CLIENT_ID)
+# Password sign-in only for staff; everyone else signs in through the provider.
+OIDC_ONLY = OIDC_CONFIGURED and env_bool("OIDC_ONLY", False)
+
+SOCIALACCOUNT_PROVIDERS: dict[str, Any] = {
+    "openid_connect": {
+        "OAUTH_PKCE_ENABLED": True,
+        "APPS": (
+            [
+                {
+                    "provider_id": "sso",
+                    "name": OIDC_NAME,
+                    "client_id": OIDC_CLIENT_ID,
+                    "secret": OIDC_CLIENT_SECRET,
+                    "settings": {
+                        "server_url": OIDC_ISSUER,
+                        "oauth_pkce_enabled": True,
+                        "scope": OIDC_SCOPES,
+                    },
+                }
+            ]
+            if OIDC_CONFIGURED
+            else []
+        ),
+    }
+}
+if OIDC_CONFIGURED:
+    # The sign-in form's answer redirects the browser to the provider's authorization
+    # endpoint, which browsers check against form-action.
+    _issuer = urlsplit(OIDC_ISSUER)
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["form-action"].append(
+        f"{_issuer.scheme}://{_issuer.netloc}"
+    )
+SOCIALACCOUNT_ADAPTER = "accounts.adapters.SocialAccountAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+# An existing account is linked only through an address the provider says it verified.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_STORE_TOKENS = False
+SOCIALACCOUNT_REQUESTS_TIMEOUT = env_int("OIDC_TIMEOUT", 5)
+ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_PASSWORD_RESET_BY_CODE_ENABLED = False
+# An invitation's link works once, for this many days.
+INVITATION_DAYS = env_int("INVITATION_DAYS", 7)
+
+# Password reset mails: printed on the console unless an SMTP server is named.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "").strip() or (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if os.environ.get("EMAIL_HOST", "").strip()
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip() or "localhost"
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "").strip()
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "").strip()
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", "").strip() or str(VAR_DIR / "mail")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "").strip() or "chat@localhost"

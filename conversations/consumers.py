@@ -11,6 +11,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from accounts.services import user_group
 from chatsite.outages import CHANNEL_LAYER, reached
 
 from .actors import Actor, SocketCredentials, actor_for_socket
@@ -183,6 +184,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # backoff) rather than open a socket that would never hear a reply.
             await self.close()
             return
+        # "Sign out everywhere" closes every socket of the person at once.
+        await reached(
+            CHANNEL_LAYER, self.channel_layer.group_add(user_group(user.pk), self.channel_name)
+        )
         await self.accept()
         active = await database_sync_to_async(turn_active)(conversation_id=conversation.pk)
         if active is not None and active.state == Turn.State.STREAMING:
@@ -193,6 +198,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if hasattr(self, "group"):
             await reached(
                 CHANNEL_LAYER, self.channel_layer.group_discard(self.group, self.channel_name)
+            )
+            await reached(
+                CHANNEL_LAYER,
+                self.channel_layer.group_discard(
+                    user_group(self.credentials.user_id), self.channel_name
+                ),
             )
 
     def _fits(self, html: str) -> bool:
@@ -357,6 +368,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.awaiting_catchup.pop(turn_id, None)  # ask again at the next gap
 
     # --- group messages ----------------------------------------------------
+
+    async def user_revoked(self, event: dict[str, Any]) -> None:
+        await self.send(
+            text_data=error_fragment("You were signed out. Reload the page to sign in again.")
+        )
+        await self.close(code=4401)
 
     async def turn_created(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["html"])

@@ -1,7 +1,23 @@
 """Teams and who is in them."""
 
+import re
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.ASCII)
+
+
+def email_domains_parse(text: str) -> list[str]:
+    """A team's e-mail domains, one per line, lower case, without a leading `@`."""
+    return [line.strip().lstrip("@").lower() for line in text.splitlines() if line.strip()]
+
+
+def validate_email_domains(text: str) -> None:
+    bad = [domain for domain in email_domains_parse(text) if not _DOMAIN.fullmatch(domain)]
+    if bad:
+        raise ValidationError(f"Not an e-mail domain: {', '.join(bad)}. Put one per line.")
 
 
 class Team(models.Model):
@@ -15,6 +31,11 @@ class Team(models.Model):
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model ids the team may use; empty: all offered."
     )
+    email_domains = models.TextField(
+        blank=True, validators=[validate_email_domains],
+        help_text="One e-mail domain per line (example.com): whoever first signs in by "
+        "single sign-on with a verified address there joins this team, as a member.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

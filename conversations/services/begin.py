@@ -8,12 +8,23 @@ request and the person's budget warnings.
 
 from dataclasses import dataclass
 
+from django.db import transaction
+
 from billing.budgets import budget_warnings
 
 from ..actors import Actor
 from ..gateway import ChatRequest
 from ..models import Conversation, Turn
-from .turns import Stored, reply_request, store_edit, store_retry, store_send
+from .turns import (
+    NotEditable,
+    Stored,
+    _check_message_text,
+    _title_from,
+    reply_request,
+    store_edit,
+    store_retry,
+    store_send,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +49,16 @@ class Edit:
     text: str
 
 
-ReplyAction = Send | Retry | Edit
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A new conversation's earlier messages ((role, text), oldest first: the API's
+    request history) and the message to answer; stored together or not at all."""
+
+    earlier: tuple[tuple[str, str], ...]
+    text: str
+
+
+ReplyAction = Send | Retry | Edit | Transcript
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,29 @@ def _store(*, actor: Actor, conversation: Conversation, action: ReplyAction) -> 
                 actor=actor,
                 started=True,
             )
+        case Transcript(earlier=earlier, text=text):
+            return _store_transcript(
+                actor=actor, conversation=conversation, earlier=earlier, text=text
+            )
+
+
+def _store_transcript(
+    *, actor: Actor, conversation: Conversation, earlier: tuple[tuple[str, str], ...], text: str
+) -> Stored:
+    """The earlier turns first, then a send: its history and budget hold include them."""
+    for _, content in earlier:
+        _check_message_text(content)
+    with transaction.atomic():
+        if conversation.turns.exists():
+            raise NotEditable
+        Turn.objects.bulk_create(
+            Turn(conversation=conversation, position=number, role=role, content=content)
+            for number, (role, content) in enumerate(earlier, start=1)
+        )
+        first = next((content for role, content in earlier if role == Turn.Role.USER), text)
+        Conversation.objects.filter(pk=conversation.pk, title="").update(title=_title_from(first))
+        stored = store_send(conversation=conversation, text=text, actor=actor, started=True)
+    return stored
 
 
 def reply_begin(*, actor: Actor, conversation: Conversation, action: ReplyAction) -> ReplyBegun:
