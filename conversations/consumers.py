@@ -20,6 +20,7 @@ from .fragments import (
     deferred_turn_fragment,
     error_fragment,
     frame_too_large_fragment,
+    stream_view_fragment,
     text_fragment,
     turns_fragment,
 )
@@ -54,6 +55,10 @@ FRAME_BYTES = 1_000_000
 FRAME_CHARS_SURELY_SMALL = FRAME_BYTES // 4
 # Turns a reconnecting page may ask to be brought up to date.
 SYNC_TURNS = 50
+# Rendered HTML of one frame at most, in whole blocks; a block or tail larger than a
+# frame may carry waits for the final rendering.
+VIEW_CHARS = 200_000
+TOO_LARGE_BLOCK = '<p class="stream-pending">This part is shown when the reply is complete.</p>'
 
 
 class SocketRevoked(Exception):
@@ -173,6 +178,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.credentials = SocketCredentials.from_scope(self.scope)
         self.group = conversation_group(conversation.pk)
         self.delivered: dict[int, int] = {}
+        self.html_delivered: dict[int, int] = {}  # characters of rendered blocks
         self.awaiting_catchup: dict[int, float] = {}  # turn id: when it was asked for
         self.sent_chars = 0  # written to this socket; the page acknowledges what it read
         self.read_chars = 0
@@ -380,6 +386,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def reply_state(self, event: dict[str, Any]) -> None:
         self.delivered[event["turn_id"]] = 0
+        self.html_delivered[event["turn_id"]] = 0
         await self.send(text_data=event["html"])
 
     async def reply_delta(self, event: dict[str, Any]) -> None:
@@ -393,17 +400,67 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         have = self.delivered.get(turn_id, 0)
         end = offset + len(text)
-        if end <= have:
-            return
+        if end < have or (end == have and (text or event.get("tail") is None)):
+            return  # already shown (a piece without text only renders the tail again)
         if offset > have:
             # A piece went missing (a full channel): fetch the whole text again.
             await self._request_catchup(turn_id)
             return
+        if event.get("html_offset", 0) > self.html_delivered.get(turn_id, 0):
+            await self._request_catchup(turn_id)  # rendered blocks went missing
+            return
         self.delivered[turn_id] = end
         text = text[have - offset :]
+        view = self._view_frames(turn_id, event)
+        if len(text) < CATCHUP_CHARS and len(view) == 1 and len(view[0]) < VIEW_CHARS:
+            # The usual case: the piece of text and its rendering in one frame.
+            piece = text_fragment(turn_id, text, replace=False) if text else ""
+            await self.send(text_data=piece + view[0])
+            return
         for start in range(0, len(text), CATCHUP_CHARS):  # one frame, but for huge pieces
             piece = text[start : start + CATCHUP_CHARS]
             await self.send(text_data=text_fragment(turn_id, piece, replace=False))
+        for frame in view:
+            await self.send(text_data=frame)
+
+    def _view_frames(self, turn_id: int, event: dict[str, Any]) -> list[str]:
+        """The rendered Markdown of a piece this page has not shown yet: the blocks it
+        lacks (appended) and the new tail, in frames below the size limit."""
+        blocks, tail = event.get("blocks") or [], event.get("tail")
+        have = self.html_delivered.get(turn_id, 0)
+        at = event.get("html_offset", 0)
+        self.html_delivered[turn_id] = at + sum(map(len, blocks))
+        if at == have and event.get("view") is not None:
+            return [event["view"]]  # rendered once by the runner for every page in step
+        while blocks and at < have:  # a piece sent again after a failed publish
+            at += len(blocks[0])
+            blocks = blocks[1:]
+        return self._view_split(turn_id, blocks, tail, whole=False)
+
+    def _view_split(
+        self, turn_id: int, blocks: list[str], tail: str | None, *, whole: bool
+    ) -> list[str]:
+        """Rendered blocks and tail as frames: `whole` replaces the page's view with the
+        first, the others append; none needs more than VIEW_CHARS characters."""
+        frames: list[str] = []
+        group: list[str] = []
+        size = 0
+        for block in [*blocks, None]:
+            if block is not None and len(block) >= VIEW_CHARS and not self._fits(block + " " * 500):
+                block = TOO_LARGE_BLOCK
+            if block is None or (group and size + len(block) > VIEW_CHARS):
+                if group or (whole and not frames):
+                    first = whole and not frames
+                    frames.append(stream_view_fragment(turn_id, "".join(group), None, whole=first))
+                group, size = [], 0
+            if block is not None:
+                group.append(block)
+                size += len(block)
+        if tail is not None:
+            if len(tail) >= VIEW_CHARS and not self._fits(tail + " " * 500):
+                tail = TOO_LARGE_BLOCK
+            frames.append(stream_view_fragment(turn_id, "", tail, whole=False))
+        return frames
 
     async def reply_catchup(self, event: dict[str, Any]) -> None:
         turn_id, text = event["turn_id"], event["text"]
@@ -413,10 +470,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for start in range(0, max(len(text), 1), CATCHUP_CHARS):
             piece = text[start : start + CATCHUP_CHARS]
             await self.send(text_data=text_fragment(turn_id, piece, replace=start == 0))
+        blocks = event.get("blocks") or []
+        self.html_delivered[turn_id] = sum(map(len, blocks))
+        for frame in self._view_split(turn_id, blocks, event.get("tail") or "", whole=True):
+            await self.send(text_data=frame)
 
     async def reply_finished(self, event: dict[str, Any]) -> None:
         turn_id = event["turn_id"]
         self.delivered.pop(turn_id, None)
+        self.html_delivered.pop(turn_id, None)
         self.awaiting_catchup.pop(turn_id, None)
         html = event["html"]
         if not self._fits(html):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from .models import Conversation, Turn
 
@@ -31,6 +32,20 @@ def ack_fragment(warnings: list[str]) -> str:
 def text_fragment(turn_id: int, text: str, *, replace: bool) -> str:
     """Escaped text for a streaming reply: appended, or replacing what the page has."""
     return _render("text_piece.html", {"turn_id": turn_id, "text": text, "replace": replace})
+
+
+def stream_view_fragment(turn_id: int, blocks: str, tail: str | None, *, whole: bool) -> str:
+    """A streaming reply's rendered Markdown: finished blocks appended and the tail
+    replaced, or (`whole`) the view replaced. `blocks` and `tail` are sanitised HTML
+    (conversations.rendering)."""
+    context = {
+        "turn_id": turn_id,
+        "blocks": mark_safe(blocks),  # noqa: S308 - sanitised by nh3
+        "tail": None if tail is None else mark_safe(tail),  # noqa: S308 - sanitised by nh3
+        "whole": whole,
+        "oob": True,
+    }
+    return _render("stream_view.html", context)
 
 
 def turn_fragment(turn: Turn, *, oob: bool) -> str:
@@ -62,8 +77,12 @@ def turns_fragment(
 
 
 def final_fragment(turn: Turn) -> str:
-    """A reply's final state, and no Stop button."""
-    return turn_fragment(turn, oob=True) + reply_controls_fragment(active_turn=None)
+    """A reply's final state, no Stop button, and its end said once to screen readers."""
+    return (
+        turn_fragment(turn, oob=True)
+        + reply_controls_fragment(active_turn=None)
+        + _render("reply_status.html", {"state": turn.state})
+    )
 
 
 def deferred_turn_fragment(*, conversation_id: Any, turn_id: int, state: str) -> str:

@@ -2,9 +2,12 @@
 
 It streams the provider's events, sends text to the conversation's channel group
 in coalesced pieces (each with its character offset, so a page can catch up
-without gaps or doubles), checkpoints the text to the database a few times a
-second, listens for stop and catch-up requests on the channel layer, and
-records the final state exactly once.
+without gaps or doubles) together with the text's Markdown rendering (finished
+blocks once, each with its offset in the rendered HTML, and the unfinished tail
+again; rendered here, once per piece, for every page in every process),
+checkpoints the text to the database a few times a second, listens for stop
+and catch-up requests on the channel layer, and records the final state
+exactly once.
 """
 
 import asyncio
@@ -28,7 +31,7 @@ from chatsite.outages import (
     reached,
 )
 
-from .fragments import final_fragment, turn_fragment
+from .fragments import final_fragment, stream_view_fragment, turn_fragment
 from .gateway import (
     ChatRequest,
     Finished,
@@ -39,6 +42,7 @@ from .gateway import (
     provider_for,
 )
 from .models import Turn
+from .rendering import MarkdownUpdate, StreamingMarkdown
 from .selectors import turns_with_cost
 from .services import (
     INTERRUPTED_MESSAGE,
@@ -54,6 +58,9 @@ logger = logging.getLogger("conversations.replies")
 _running: dict[int, "ReplyRunner"] = {}
 # Final broadcasts still being retried while the channel layer is down.
 _pending_broadcasts: set[asyncio.Task[None]] = set()
+# How long a streaming reply's text may pause before its tail is rendered with
+# whatever little it grew (see ReplyView).
+TAIL_REFRESH = 0.5
 # Replies this process has started in the database whose runner is not registered
 # yet (written from the database thread, read by the sweep there).
 _starting: set[int] = set()
@@ -152,6 +159,7 @@ class ReplyRunner:
         self.group = conversation_group(self.conversation_id)
         self.response = Response()
         self.sent = 0  # characters already sent to the group
+        self.view = ReplyView()
         self.stop_requested = False
         self.interrupting = False
         self.finishing = False  # the outcome is decided: nothing may cancel the final write
@@ -159,6 +167,7 @@ class ReplyRunner:
         self._loop = asyncio.get_running_loop()
         self._last_flush = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._refresh_timer: asyncio.TimerHandle | None = None
         self._last_checkpoint = 0.0
         self._checkpoint: asyncio.Task[bool] | None = None
         self._saved_length = 0
@@ -386,28 +395,44 @@ class ReplyRunner:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._refresh_timer is not None and self.finishing:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
         self._flush_task = self._loop.create_task(self._flush())
 
-    async def _flush(self) -> None:
+    def _refresh_soon(self) -> None:
+        self._refresh_timer = None
+        if not self.finishing:
+            self._flush_task = self._loop.create_task(self._flush(refresh=True))
+
+    async def _flush(self, *, refresh: bool = False) -> None:
         # Serialised, so pieces reach the group in offset order.
         async with self._flush_lock:
             self._cancel_flush_timer()
             self._last_flush = self._loop.time()
-            if self.sent >= self.length:
+            if self.sent >= self.length and not (refresh and self.view.refresh()):
                 return
             if not self.announced.is_set():
                 await self.announced.wait()
             start, end = self.sent, self.length
-            piece = self.text[start:end]
+            text = self.text
+            piece = text[start:end]
+            self.view.render(text, end)
+            if self.view.markdown.behind and self._refresh_timer is None:
+                # The tail was not rendered again (it grew too little for its length):
+                # if no text follows soon, show what it has then.
+                self._refresh_timer = self._loop.call_later(TAIL_REFRESH, self._refresh_soon)
             # `sent` moves only once the piece is out: after a failed publish the
-            # next piece starts where pages stopped (they skip what they have).
-            if await self._publish(
-                {"type": "reply.delta", "turn_id": self.turn_id, "offset": start, "text": piece}
-            ):
+            # next piece starts where pages stopped (they skip what they have); so
+            # do the rendered blocks.
+            message = {"type": "reply.delta", "turn_id": self.turn_id, "offset": start,
+                       "text": piece, **self.view.unsent(self.turn_id)}  # fmt: skip
+            if await self._publish(message):
                 self.sent = end
+                self.view.sent(message)
 
     # --- control: stop and catch-up from any process ------------------------
 
@@ -436,9 +461,71 @@ class ReplyRunner:
             elif kind == "reply.snapshot" and message.get("reply_channel"):
                 # Everything sent to the group so far is covered by this text.
                 await self._flush()
-                catchup = {"type": "reply.catchup", "turn_id": self.turn_id, "text": self.text}
+                self.view.refresh()  # the page that asks sees all the text rendered
+                catchup = {
+                    "type": "reply.catchup",
+                    "turn_id": self.turn_id,
+                    "text": self.text,
+                    "blocks": list(self.view.blocks),
+                    "tail": self.view.tail,
+                }
                 # If the layer is down, the page asks again at its next gap.
                 await reached(CHANNEL_LAYER, self.layer.send(message["reply_channel"], catchup))
+
+
+class ReplyView:
+    """A streaming reply's Markdown as pages show it: the finished blocks (each
+    rendered once) and the unfinished tail, and how much of it the group was sent."""
+
+    # A prebuilt fragment for pages in step is sent along when below this size;
+    # larger ones each page splits itself (consumers.VIEW_CHARS).
+    PREBUILT_CHARS = 200_000
+
+    def __init__(self) -> None:
+        self.markdown = StreamingMarkdown()
+        self.rendered = 0  # characters of text given to `markdown`
+        self.blocks: list[str] = []
+        self.tail = ""
+        self._blocks_sent = 0
+        self._html_sent = 0  # characters of block HTML the group was sent
+        self._tail_sent = True
+
+    def render(self, text: str, end: int) -> None:
+        if end <= self.rendered:
+            return
+        update = self.markdown.feed(text[self.rendered : end])
+        self.rendered = end
+        self._take(update)
+
+    def refresh(self) -> bool:
+        """Show all the text in the tail (the text paused); False if it already does."""
+        if not self.markdown.behind:
+            return False
+        self._take(self.markdown.refresh())
+        return True
+
+    def _take(self, update: MarkdownUpdate) -> None:
+        self.blocks += update.blocks
+        if update.tail is not None:
+            self.tail = update.tail
+            self._tail_sent = False
+
+    def unsent(self, turn_id: int) -> dict[str, Any]:
+        """The part of a group message that carries what pages have not been sent."""
+        blocks = self.blocks[self._blocks_sent :]
+        tail = None if self._tail_sent else self.tail
+        part: dict[str, Any] = {"html_offset": self._html_sent, "blocks": blocks, "tail": tail}
+        if (blocks or tail is not None) and (
+            sum(map(len, blocks)) + len(tail or "") < self.PREBUILT_CHARS
+        ):
+            part["view"] = stream_view_fragment(turn_id, "".join(blocks), tail, whole=False)
+        return part
+
+    def sent(self, message: dict[str, Any]) -> None:
+        self._blocks_sent += len(message["blocks"])
+        self._html_sent += sum(map(len, message["blocks"]))
+        if message["tail"] is not None:
+            self._tail_sent = True
 
 
 async def reply_broadcast_final(turn: Turn) -> None:

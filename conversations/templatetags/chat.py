@@ -4,7 +4,7 @@ from django import template
 from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 
-from ..rendering import render_markdown
+from ..rendering import render_markdown, render_partial_markdown
 from ..selectors import turn_cost
 
 register = template.Library()
@@ -14,6 +14,12 @@ register = template.Library()
 def markdown(text: str) -> SafeString:
     """Assistant text as sanitised HTML."""
     return mark_safe(render_markdown(text or ""))  # noqa: S308 - sanitised by nh3
+
+
+@register.filter
+def partial_markdown(text: str) -> SafeString:
+    """A reply still being written, as its page shows it while it streams."""
+    return mark_safe(render_partial_markdown(text or ""))  # noqa: S308 - sanitised by nh3
 
 
 @register.filter

@@ -1,6 +1,6 @@
 // Chat page behaviour that htmx attributes cannot express: keyboard shortcuts,
-// clearing the message box once the server acknowledged it, keeping the newest
-// text in view, and copy buttons. No inline scripts (a CSP forbids them).
+// clearing the message box once the server acknowledged it, following the newest
+// text unless the reader scrolled up, and copy buttons. No inline scripts (a CSP forbids them).
 (function () {
   "use strict";
 
@@ -21,21 +21,95 @@
     }
   });
 
-  function nearBottom() {
-    var doc = document.scrollingElement || document.documentElement;
-    return doc.scrollHeight - doc.scrollTop - doc.clientHeight < 160;
-  }
-
-  var follow = true;
-  document.addEventListener("htmx:wsBeforeMessage", function () { follow = nearBottom(); });
   document.addEventListener("htmx:wsAfterMessage", function () {
     var status = document.getElementById("composer-status");
     if (status && status.dataset.ack === "1") {
       delete status.dataset.ack;
       var form = composer();
       if (form) { form.reset(); form.elements.message.focus(); }
+      followLatest();  // the reader sent a message: show its reply
     }
-    if (follow) { window.scrollTo(0, document.body.scrollHeight); }
+    keepReading();
+  });
+
+  // --- Reading while a reply streams ---------------------------------------------
+  // The view follows new text while the reader is at the bottom. Scrolling up stops
+  // that and shows "Jump to latest", which scrolls down and follows again. Nothing
+  // here moves the focus.
+  var following = true;
+  var lastTop = 0;
+
+  function scroller() {
+    var turns = document.getElementById("turns");
+    for (var node = turns && turns.parentElement; node && node !== document.body; node = node.parentElement) {
+      var overflow = getComputedStyle(node).overflowY;
+      if ((overflow === "auto" || overflow === "scroll") && node.scrollHeight > node.clientHeight) {
+        return node;
+      }
+    }
+    return document.scrollingElement || document.documentElement;
+  }
+
+  function atBottom(box) { return box.scrollHeight - box.scrollTop - box.clientHeight < 80; }
+
+  function jumpButton(show) {
+    var button = document.getElementById("jump-latest");
+    // A focused button stays until focus leaves it, so focus is never dropped.
+    if (button && (show || document.activeElement !== button)) { button.hidden = !show; }
+  }
+
+  function followLatest() {
+    var box = scroller();
+    following = true;
+    box.scrollTop = box.scrollHeight;
+    lastTop = box.scrollTop;
+    jumpButton(false);
+  }
+
+  function keepReading() {
+    var box = scroller();
+    if (following) { followLatest(); } else if (!atBottom(box)) { jumpButton(true); }
+  }
+
+  document.addEventListener("scroll", function () {
+    var box = scroller();
+    if (atBottom(box)) {
+      following = true;
+      jumpButton(false);
+    } else if (box.scrollTop < lastTop - 2) {
+      following = false;  // the reader scrolled up (new text only ever adds below)
+      jumpButton(true);
+    }
+    lastTop = box.scrollTop;
+  }, true);
+
+  // Intent to read back stops following at once, before any new text can scroll.
+  function stopFollowing() {
+    if (scroller().scrollTop > 0) { following = false; }
+  }
+  document.addEventListener("wheel", function (event) { if (event.deltaY < 0) { stopFollowing(); } },
+    { passive: true });
+  document.addEventListener("touchmove", stopFollowing, { passive: true });
+  document.addEventListener("keydown", function (event) {
+    if (["PageUp", "ArrowUp", "Home"].indexOf(event.key) >= 0 && !event.target.closest("textarea, input, select")) {
+      stopFollowing();
+    }
+  });
+
+  // A mouse click does not take focus to the button (it is hidden once followed);
+  // keyboard users keep their focus on it until they move on.
+  document.addEventListener("mousedown", function (event) {
+    if (event.target.closest && event.target.closest("#jump-latest")) { event.preventDefault(); }
+  });
+  document.addEventListener("click", function (event) {
+    if (event.target.closest && event.target.closest("#jump-latest")) { followLatest(); }
+  });
+
+  // A rotated phone or a resized window keeps showing the newest text.
+  window.addEventListener("resize", function () { if (following) { followLatest(); } });
+
+  document.addEventListener("focusout", function (event) {
+    if (event.target.id === "jump-latest" && following) { event.target.hidden = true; }
   });
 
   // Refuse, here, a frame the server would refuse: past its limit the connection
