@@ -17,14 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chatsite.outages import (
-    CHANNEL_LAYER,
-    DATABASE,
-    DATABASE_ERRORS,
-    outage_over,
-    outage_seen,
-    reached,
-)
+from chatsite import outages
 
 from .replies import replies_alive, replies_running, reply_broadcast_final
 from .services import reply_sweep_stale, upstream_calls_prune
@@ -46,7 +39,7 @@ async def replies_sweep_once() -> int:
     for turn in swept:
         logger.warning("reply_interrupted turn=%s conversation=%s", turn.pk, turn.conversation_id)
         # Pages that miss it while the layer is down get it when they reconnect.
-        await reached(CHANNEL_LAYER, reply_broadcast_final(turn))
+        await outages.reached(outages.CHANNEL_LAYER, reply_broadcast_final(turn))
     return len(swept)
 
 
@@ -54,12 +47,12 @@ async def replies_sweep_forever() -> None:
     while True:
         try:
             await replies_sweep_once()
-        except DATABASE_ERRORS as exc:
-            outage_seen(DATABASE, exc)  # one line per outage, not a traceback per sweep
+        except outages.DATABASE_ERRORS as exc:  # one line per outage, not a traceback per sweep
+            outages.outage_seen(outages.DATABASE, exc)
         except Exception:
             logger.exception("reply sweep failed")
         else:
-            outage_over(DATABASE)
+            outages.outage_over(outages.DATABASE)
         await asyncio.sleep(settings.CHAT_SWEEP_INTERVAL)
 
 

@@ -120,6 +120,16 @@ def _cost_subquery() -> Subquery:
     )
 
 
+def _annotation(name: str, description: str) -> Any:
+    """A list column showing the count `get_queryset` annotated as `name`, sortable."""
+
+    @admin.display(description=description, ordering=name)
+    def column(model_admin: Any, obj: Any) -> int:
+        return int(getattr(obj, name))
+
+    return column
+
+
 @admin.action(description="Export selected as JSON Lines")
 def export_jsonl(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
     for conversation in queryset:
@@ -194,21 +204,13 @@ class ConversationReviewAdmin(MetadataLookupsOnly, ReviewPermissions, admin.Mode
     def last_activity(self, obj: Conversation) -> str:
         return f"{timezone.localtime(obj.updated_at):%Y-%m-%d %H:%M}"
 
-    @admin.display(description="turns", ordering="n_turns")
-    def turn_count(self, obj: Any) -> int:
-        return int(obj.n_turns)
-
-    @admin.display(description="tokens", ordering="n_tokens")
-    def tokens(self, obj: Any) -> int:
-        return int(obj.n_tokens)
+    turn_count = _annotation("n_turns", "turns")
+    tokens = _annotation("n_tokens", "tokens")
+    errors = _annotation("n_errors", "failed replies")
 
     @admin.display(description="cost", ordering="total_cost")
     def cost(self, obj: Any) -> str:
         return f"${obj.total_cost:.4f}"
-
-    @admin.display(description="failed replies", ordering="n_errors")
-    def errors(self, obj: Any) -> int:
-        return int(obj.n_errors)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # transcripts are read-only; flags are set through the review form
