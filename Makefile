@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # outlives its test, so the drop is never refused).
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/chat
 
-.PHONY: install run test lint format deps test-deps chromium oidc-provider emulator clean bench
+.PHONY: install run test lint format deps test-deps chromium oidc-provider axe emulator clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,17 @@ oidc-provider:
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(OIDC_PROVIDER); \
 	else echo "npm is missing: the single sign-on tests will be skipped"; fi
 
+# axe-core for the accessibility scans of the browser tests (pinned in
+# tests/axe/package-lock.json); without npm those scans fail with a clear message.
+AXE := tests/axe/node_modules/.package-lock.json
+$(AXE): tests/axe/package.json tests/axe/package-lock.json
+	cd tests/axe && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+axe:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(AXE); \
+	else echo "npm is missing: the accessibility scans will fail"; fi
+
 lint: test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -70,7 +81,7 @@ format: test-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: test-deps chromium oidc-provider lint
+test: test-deps chromium oidc-provider axe lint
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/pytest $(PYTEST_ARGS)
 	DATABASE_URL=$(PG_TEST_URL) DATABASE_CONN_MAX_AGE=0 \
@@ -88,4 +99,4 @@ bench: deps
 	$(BIN)/python manage.py bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var/static tests/oidc/node_modules
+	rm -rf $(VENV) var/static tests/oidc/node_modules tests/axe/node_modules

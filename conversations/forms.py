@@ -77,6 +77,8 @@ class ConversationSettingsForm(forms.Form):
 
 class ConversationCreateForm(ConversationSettingsForm):
     title = StorableTextField(required=False, max_length=200)
+    # The first message: with it, the conversation is stored and its reply begins.
+    message = StorableTextField(required=False, strip=False)
     model = forms.ChoiceField(choices=model_choices, required=False)
     max_tokens = forms.IntegerField(min_value=1, required=False)
 

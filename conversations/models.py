@@ -106,6 +106,10 @@ class Conversation(ChatSettings):
     )
     # Set by reviewers in the admin.
     flag = models.CharField(max_length=16, choices=Flag.choices, blank=True, default="")
+    # Set by the owner from the sidebar: pinned ones come first, archived ones leave the
+    # list (search still finds them). Neither counts as activity.
+    pinned_at = models.DateTimeField(null=True, blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

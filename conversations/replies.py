@@ -11,6 +11,7 @@ exactly once.
 """
 
 import asyncio
+import contextvars
 import logging
 import uuid
 import weakref
@@ -194,7 +195,12 @@ class ReplyRunner:
         arrives through the database) and the runner keeps trying to subscribe.
         """
         await self._subscribe()
-        self.task = self._loop.create_task(self.run(), name=f"reply-{self.turn_id}")
+        # A context of its own: the reply outlives whatever started it, and an HTTP
+        # request's context carries a database thread of that request's own (Django's
+        # ThreadSensitiveContext), which ends with the response.
+        self.task = self._loop.create_task(
+            self.run(), name=f"reply-{self.turn_id}", context=contextvars.Context()
+        )
         _running[self.turn_id] = self
         _starting.discard(self.turn_id)
         self.task.add_done_callback(lambda _: _running.pop(self.turn_id, None))

@@ -2,12 +2,14 @@
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
 
 from billing.models import Spend
 from teams.sharing import shared_with_viewer
@@ -20,6 +22,60 @@ def conversation_list_for(*, user: Any) -> QuerySet[Conversation]:
     if not user.is_authenticated:
         return Conversation.objects.none()
     return Conversation.objects.filter(owner=user).order_by("-updated_at")
+
+
+SIDEBAR_PAGE = 30
+
+
+@dataclass(frozen=True)
+class SidebarSection:
+    label: str
+    conversations: list[Conversation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SidebarPage:
+    """One page of the sidebar: sections by recency, and where the next page starts."""
+
+    sections: list[SidebarSection]
+    next_page: int | None
+
+
+def recency_label(moment: Any, today: date) -> str:
+    day = timezone.localtime(moment).date()
+    if day >= today:
+        return "Today"
+    if day == today - timedelta(days=1):
+        return "Yesterday"
+    if day > today - timedelta(days=8):
+        return "Previous 7 days"
+    return "Older"
+
+
+def sidebar_page_for(*, user: Any, page: int = 1) -> SidebarPage:
+    """The user's conversations for the sidebar, without archived ones: pinned first
+    (on the first page), then by last activity in Today, Yesterday, Previous 7 days and
+    Older. A page's first section may continue the previous page's last one."""
+    # Made through the API: found by search and under the "API conversations" filter.
+    mine = conversation_list_for(user=user).filter(
+        archived_at__isnull=True, api_origin__isnull=True
+    )
+    mine = mine.only("id", "title", "pinned_at", "updated_at")
+    page = max(1, page)
+    sections: list[SidebarSection] = []
+    if page == 1:
+        pinned = list(mine.filter(pinned_at__isnull=False).order_by("-pinned_at"))
+        if pinned:
+            sections.append(SidebarSection("Pinned", pinned))
+    start = (page - 1) * SIDEBAR_PAGE
+    rows = list(mine.filter(pinned_at__isnull=True)[start : start + SIDEBAR_PAGE + 1])
+    today = timezone.localdate()
+    for conversation in rows[:SIDEBAR_PAGE]:
+        label = recency_label(conversation.updated_at, today)
+        if not sections or sections[-1].label != label:
+            sections.append(SidebarSection(label))
+        sections[-1].conversations.append(conversation)
+    return SidebarPage(sections, page + 1 if len(rows) > SIDEBAR_PAGE else None)
 
 
 def conversation_readable_for(

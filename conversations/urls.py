@@ -5,6 +5,18 @@ from . import views
 urlpatterns = [
     path("", views.conversation_list, name="conversation-list"),
     path("conversations/", views.conversation_create, name="conversation-create"),
+    path("sidebar/", views.sidebar_more, name="sidebar-more"),
+    path("presets/", views.preset_list, name="preset-list"),
+    path(
+        "conversations/<uuid:conversation_id>/pin/",
+        views.conversation_pin_view,
+        name="conversation-pin",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/archive/",
+        views.conversation_archive_view,
+        name="conversation-archive",
+    ),
     path(
         "conversations/<uuid:conversation_id>/",
         views.conversation_detail,

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing.budgets import allowances_for
 from chatsite.layers import channel_layer_ping
 from chatsite.outages import DATABASE, outage_over, outage_seen
-from teams.sharing import conversation_share, conversations_shared_with
+from teams.sharing import conversation_share
 
 from .actors import Actor, actor_for_user
 from .forms import (
@@ -37,26 +37,33 @@ from .forms import (
 )
 from .gateway import model_available
 from .models import Conversation
+from .replies import reply_launch, reply_not_starting, reply_starting
 from .selectors import (
     conversation_get_for,
     conversation_readable_for,
     conversation_search_for,
     preset_get_for,
     presets_for,
+    sidebar_page_for,
     turns_before,
     turns_recent,
     turns_with_cost,
 )
-from .services import conversation_create as create_conversation
 from .services import (
+    ReplyBegun,
+    SendRefused,
+    conversation_archive,
     conversation_delete,
+    conversation_pin,
     conversation_rename,
+    conversation_start,
     conversation_update,
     preset_create_from,
     preset_delete,
     preset_may_delete,
     preset_settings,
 )
+from .services import conversation_create as create_conversation
 
 CONVERSATIONS_PER_PAGE = 25
 
@@ -100,17 +107,49 @@ def _get_readable_conversation(request: HttpRequest, conversation_id: uuid.UUID)
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
-    form = ConversationCreateForm(initial={"model": settings.CHAT_DEFAULT_MODEL})
-    return _list_page(request, form)
+    """The home page: a new, empty chat; with `q` (or `page`), search results."""
+    if "q" in request.GET or "page" in request.GET:
+        return _search_page(request)
+    initial: dict[str, Any] = {"model": settings.CHAT_DEFAULT_MODEL,
+                               "max_tokens": settings.CHAT_DEFAULT_MAX_TOKENS}  # fmt: skip
+    preset = preset_get_for(user=request.user, preset_id=request.GET.get("preset") or "")
+    if preset is not None:
+        initial.update(preset_settings(preset))
+        initial["sampling"] = sampling_of(preset)
+    return _new_chat_page(request, ConversationCreateForm(initial=initial), preset=preset)
 
 
-def _list_page(
-    request: HttpRequest, form: ConversationCreateForm, status: int = 200
+def _new_chat_page(
+    request: HttpRequest,
+    form: ConversationCreateForm,
+    *,
+    preset: Any = None,
+    error: str = "",
+    status: int = 200,
 ) -> HttpResponse:
+    actor = actor_for_user(request.user)  # once per request: team, models, budgets
+    context = {
+        "form": form,
+        "preset": preset,
+        "error": error,
+        "models": _models_context(actor),
+        "presets": presets_for(user=request.user),
+        "allowances": allowances_for(actor=actor),
+        "membership": actor.membership,
+        "default_model": form["model"].value() or settings.CHAT_DEFAULT_MODEL,
+        "cloudflare_configured": settings.CLOUDFLARE_CONFIGURED,
+    }
+    return render(request, "conversations/new.html", context, status=status)
+
+
+def _search_page(request: HttpRequest) -> HttpResponse:
+    status = 200
     search = ConversationSearchForm(request.GET)
     if search.is_valid():
         query = search.cleaned_data["q"]
         conversations: Any = conversation_search_for(user=request.user, query=query)
+        if request.GET.get("source") == "api":
+            conversations = conversations.filter(api_origin__isnull=False)
         search_error = ""
     else:
         # A query nothing can be stored as finds nothing; say why instead.
@@ -118,17 +157,11 @@ def _list_page(
         search_error = form_error(search)
         status = 400
     page = Paginator(conversations, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
-    actor = actor_for_user(request.user)  # once per request: team, models, budgets
     context = {
         "page_obj": page,
         "query": query,
         "search_error": search_error,
-        "form": form,
-        "models": _models_context(actor),
-        "presets": presets_for(user=request.user),
-        "shared": conversations_shared_with(user=request.user)[:50],
-        "allowances": allowances_for(actor=actor),
-        "membership": actor.membership,
+        "source": request.GET.get("source", ""),
     }
     template = (
         "conversations/partials/conversation_list.html"
@@ -139,8 +172,26 @@ def _list_page(
 
 
 @login_required
-@require_POST
-def conversation_create(request: HttpRequest) -> HttpResponse:
+@require_GET
+def sidebar_more(request: HttpRequest) -> HttpResponse:
+    """The sidebar's next page of conversations (loaded as the list scrolls)."""
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        return HttpResponse("Give `page` as a number.", status=400)
+    return render(
+        request,
+        "conversations/partials/sidebar_sections.html",
+        {
+            "sidebar": sidebar_page_for(user=request.user, page=page),
+            "sidebar_current": request.GET.get("current", ""),
+            "continues": request.GET.get("after", ""),
+        },
+    )
+
+
+def _create_sync(request: HttpRequest) -> HttpResponse:
+    """A conversation without a first message (scripts, and presets' buttons)."""
     preset_id = request.POST.get("preset")
     if preset_id:
         preset = preset_get_for(user=request.user, preset_id=preset_id)
@@ -150,18 +201,56 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
             conversation = create_conversation(owner=request.user, **preset_settings(preset))
         except ValidationError as exc:
             form = ConversationCreateForm(initial={"model": settings.CHAT_DEFAULT_MODEL})
-            form.add_error(None, exc)
-            return _list_page(request, form, status=400)
+            return _new_chat_page(request, form, error=" ".join(exc.messages), status=400)
         return redirect("conversation-detail", conversation_id=conversation.pk)
     form = ConversationCreateForm(request.POST)
     if form.is_valid():
         try:
-            conversation = create_conversation(owner=request.user, **form.cleaned_data)
+            fields = {k: v for k, v in form.cleaned_data.items() if k != "message"}
+            conversation = create_conversation(owner=request.user, **fields)
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
             return redirect("conversation-detail", conversation_id=conversation.pk)
-    return _list_page(request, form, status=400)
+    return _new_chat_page(request, form, status=400)
+
+
+def _start_sync(request: HttpRequest) -> ReplyBegun | HttpResponse:
+    """Store a new conversation with its first message and begin the reply; or the
+    new chat again, with the error and what was typed (nothing stored)."""
+    form = ConversationCreateForm(request.POST)
+    if not form.is_valid():
+        return _new_chat_page(request, form, status=400)
+    fields = dict(form.cleaned_data)
+    text = fields.pop("message")
+    try:
+        begun = conversation_start(actor=actor_for_user(request.user), text=text, **fields)
+    except SendRefused as exc:
+        return _new_chat_page(request, form, error=exc.message, status=400)
+    except ValidationError as exc:
+        form.add_error(None, exc)
+        return _new_chat_page(request, form, status=400)
+    reply_starting(begun.reply.pk)
+    return begun
+
+
+@login_required
+@require_POST
+async def conversation_create(request: HttpRequest) -> HttpResponse:
+    """With a `message`: the new chat's first send (the conversation is stored with it,
+    its reply starts on this server, and the page moves to the chat, where the reply
+    streams). Without one: an empty conversation, as scripts make them."""
+    if not request.POST.get("message", "").strip():
+        return await database_sync_to_async(_create_sync)(request)
+    begun = await database_sync_to_async(_start_sync)(request)
+    if isinstance(begun, HttpResponse):
+        return begun
+    try:
+        runner = await reply_launch(turn=begun.reply, request=begun.request)
+    finally:
+        reply_not_starting(begun.reply.pk)
+    runner.announced.set()  # no page shows it yet: the chat page catches up from the start
+    return redirect("conversation-detail", conversation_id=begun.conversation.pk)
 
 
 @login_required
@@ -372,7 +461,7 @@ def preset_delete_view(request: HttpRequest, preset_id: int) -> HttpResponse:
     if preset is None or not preset_may_delete(preset=preset, actor=actor_for_user(request.user)):
         raise Http404("No such preset.")
     preset_delete(preset=preset)
-    return redirect("conversation-list")
+    return redirect("preset-list")
 
 
 @login_required
@@ -392,6 +481,51 @@ def conversation_share_view(request: HttpRequest, conversation_id: uuid.UUID) ->
         "conversations/partials/share.html",
         {"conversation": conversation, "membership": actor.membership},
     )
+
+
+def _sidebar_response(request: HttpRequest, conversation: Conversation) -> HttpResponse:
+    """After a change from the sidebar: its list again (htmx), or back where it was."""
+    if not _is_htmx(request):
+        return HttpResponseRedirect(_next_on_this_site(request))
+    return render(
+        request,
+        "conversations/partials/sidebar_conversations.html",
+        {
+            "sidebar": sidebar_page_for(user=request.user),
+            "sidebar_current": request.POST.get("current", ""),
+        },
+    )
+
+
+@login_required
+@require_POST
+def conversation_pin_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """`pinned=1` pins a conversation to the top of the sidebar; `pinned=0` unpins it."""
+    conversation = _get_conversation(request, conversation_id)
+    conversation_pin(conversation=conversation, pinned=request.POST.get("pinned") == "1")
+    return _sidebar_response(request, conversation)
+
+
+@login_required
+@require_POST
+def conversation_archive_view(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """`archived=1` takes a conversation out of the sidebar (search finds it); `0` brings
+    it back."""
+    conversation = _get_conversation(request, conversation_id)
+    conversation_archive(conversation=conversation, archived=request.POST.get("archived") == "1")
+    return _sidebar_response(request, conversation)
+
+
+@login_required
+@require_GET
+def preset_list(request: HttpRequest) -> HttpResponse:
+    """The person's presets and their team's: start a chat from one, or delete it."""
+    return render(
+        request,
+        "conversations/presets.html",
+        {"presets": presets_for(user=request.user),
+         "membership": actor_for_user(request.user).membership},
+    )  # fmt: skip
 
 
 def _database_ok() -> bool:

@@ -27,6 +27,7 @@ from chatsite.admin_site import ReadOnlyAdmin
 from conversations.models import Conversation, Turn
 from conversations.selectors import turns_in_order
 from conversations.templatetags.chat import model_label
+from conversations.templatetags.icons import icon
 
 from .access import may_review, review_record, reviewable_by
 from .exports import conversations_as_jsonl
@@ -280,8 +281,10 @@ class FeedbackInboxAdmin(MetadataLookupsOnly, ReviewPermissions, admin.ModelAdmi
         return may_review(request.user)
 
     @admin.display(description="rating", ordering="rating")
-    def rating_label(self, obj: Feedback) -> str:
-        return "👍 up" if obj.rating > 0 else "👎 down"
+    def rating_label(self, obj: Feedback) -> SafeString:
+        # Drawn, not an emoji (which shows as an empty box without an emoji font).
+        name = "thumb-up" if obj.rating > 0 else "thumb-down"
+        return format_html("{} {}", icon(name), "up" if obj.rating > 0 else "down")
 
     @admin.display(description="comment", boolean=True)
     def has_comment(self, obj: Feedback) -> bool:

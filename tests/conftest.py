@@ -594,9 +594,15 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, live_server_factory, emulator):
+def chat_server(live_server_factory, emulator):
+    """The live server the `page` fixture is signed in to (alice), on the emulator."""
     emulator.default = Behaviour(first_token_delay=0.05, token_delay=0.01)
-    server = live_server_factory(**emulator.env())
+    return live_server_factory(**emulator.env())
+
+
+@pytest.fixture
+def page(browser, chat_server):
+    server = chat_server
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -614,14 +620,18 @@ def page(browser, live_server_factory, emulator):
 
 
 def start_chat(page, *, system: str = "", temperature: str = "") -> None:
-    """From the conversation list, start a chat with Claude Sonnet 4."""
-    if urlsplit(page.url).path != "/":
-        page.goto("/")
-    page.get_by_label("Model", exact=True).select_option("anthropic/claude-sonnet-4")
-    page.locator("#id_system_prompt").fill(system)
-    page.locator("#id_temperature").fill(temperature)
-    page.get_by_role("button", name="Start chat").click()
-    page.wait_for_url("**/conversations/*/")
+    """An empty conversation with Claude Sonnet 4 (as a script makes one: `New chat`
+    stores a conversation only with its first message), and its chat page."""
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    response = page.request.post(
+        "/conversations/",
+        form={"model": SONNET, "system_prompt": system, "temperature": temperature,
+              "sampling": "temperature" if temperature else "default", "max_tokens": "1024"},
+        headers={"X-CSRFToken": token},
+        max_redirects=0,
+    )  # fmt: skip
+    assert response.status == 302, response.text()
+    page.goto(response.headers["location"])
     page.wait_for_function("() => document.querySelector('[ws-connect]') && window.htmx")
 
 
@@ -637,3 +647,10 @@ def migrated_to(targets: list[tuple[str, str | None]] | None) -> Any:
     executor.loader.build_graph()
     at = [(app, name) for app, name in targets if name is not None]
     return executor.loader.project_state(at).apps
+
+
+def main_of(response: Any) -> str:
+    """The page's `<main>`: what it shows, without the sidebar every page has."""
+    html = response.content.decode()
+    start = html.index("<main")
+    return html[start : html.index("</main>", start)]

@@ -95,12 +95,14 @@ def test_zero_setup_chat_with_the_bundled_model(browser, live_server_factory) ->
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill("a-Long-test-password-42")
     page.get_by_role("button", name="Sign in").click()
-    assert "(not configured)" in page.get_by_label("Model").inner_text()
-    page.get_by_role("button", name="Start chat").click()
-    page.wait_for_url("**/conversations/*/")
+    # The home page is an empty chat, ready to type in, that says who will answer.
+    assert "(not configured)" in page.get_by_label("Model", exact=True).inner_text()
+    assert "SmolLM2" in page.locator(".empty-chat").inner_text()
     box = page.get_by_role("textbox", name="Message")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Message"
     box.fill("What is the capital of France?")
     box.press("Enter")
+    page.wait_for_url("**/conversations/*/")
     done = page.locator('article[data-role="assistant"][data-state="complete"]')
     done.wait_for()
     assert "SmolLM2" in done.inner_text()

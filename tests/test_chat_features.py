@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from conversations.models import Conversation, Preset, Turn
 from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
-from tests.conftest import HAIKU, SONNET, frames_until, get_turns, open_chat_socket
+from tests.conftest import HAIKU, SONNET, frames_until, get_turns, main_of, open_chat_socket
 
 
 def exchange(conversation, question: str, answer: str, **usage) -> tuple[Turn, Turn]:
@@ -125,20 +125,20 @@ class TestConversationList:
         conversation_create(owner=user, model=SONNET, title="Thermos and flasks")
         conversation_create(owner=user, model=SONNET, title="Unrelated")
         conversation_create(owner=other_user, model=SONNET, title="Thermodynamics of mallory")
-        page = signed_in.get("/?q=thermo").content.decode()
+        page = main_of(signed_in.get("/?q=thermo"))
         assert "Physics" in page and "Thermos and flasks" in page
         assert "Unrelated" not in page and "mallory" not in page
-        page = signed_in.get("/?q=CONSERVED").content.decode()
+        page = main_of(signed_in.get("/?q=CONSERVED"))
         assert "Physics" in page and "Thermos" not in page
-        assert "No conversation mentions" in signed_in.get("/?q=zebra").content.decode()
+        assert "No conversation mentions" in main_of(signed_in.get("/?q=zebra"))
 
     def test_list_is_paginated_newest_first(self, signed_in, user, fake_provider):
         for n in range(30):
             conversation_create(owner=user, model=SONNET, title=f"Chat number {n:02d}")
-        first = signed_in.get("/").content.decode()
+        first = main_of(signed_in.get("/?q="))
         assert "Chat number 29" in first and "Chat number 05" in first
         assert "Chat number 04" not in first and "Page 1 of 2" in first
-        second = signed_in.get("/?page=2").content.decode()
+        second = main_of(signed_in.get("/?page=2"))
         assert "Chat number 04" in second and "Chat number 00" in second
 
     def test_rename(self, signed_in, conversation):

@@ -110,7 +110,7 @@ def test_persistent_500_ends_in_error_then_retry_succeeds(server, emu, chat) -> 
     final = run(ask(server, client, conversation_id))
     assert 'data-state="error"' in final
     assert "The model service is overloaded or failing. Please try again." in final
-    assert ">Retry</button>" in final
+    assert ">Retry</span></button>" in final
     assert "3043" not in final and "Internal server error" not in final  # no raw upstream body
     assert turns(server, conversation_id)[0] == ("user", "complete", PROMPT, "")
     assert turns(server, conversation_id)[1][:3] == ("assistant", "error", "")
@@ -147,7 +147,7 @@ def test_mid_stream_failure_keeps_text_and_offers_retry(
     emu.enqueue(behaviour)
     final = run(ask(server, client, conversation_id))
     assert 'data-state="error"' in final
-    assert message in final and ">Retry</button>" in final
+    assert message in final and ">Retry</span></button>" in final
     user, reply = turns(server, conversation_id)
     assert user == ("user", "complete", PROMPT, "")
     assert reply[1] == "error"
@@ -316,7 +316,7 @@ def test_kill_9_mid_reply_then_restart_marks_it_interrupted(live_server_factory,
     assert reply[2].startswith(before_kill[2])  # the checkpointed text is kept
     assert reply[3] == "The server stopped while writing this reply."
     page = server.login().get(f"/conversations/{conversation_id}/").text
-    assert 'data-state="interrupted"' in page and ">Retry</button>" in page
+    assert 'data-state="interrupted"' in page and ">Retry</span></button>" in page
 
 
 @pytest.mark.parametrize(

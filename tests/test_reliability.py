@@ -34,7 +34,7 @@ async def test_retry_writes_the_failed_reply_again(conversation, user, fake_prov
     communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "q"}))
     frames = await frames_until(communicator, r'data-state="error"')
-    assert ">Retry</button>" in frames[-1]
+    assert ">Retry</span></button>" in frames[-1]
     failed = (await get_turns(conversation))[1]
     fake_provider.script = fake_provider.reply("whole answer")
     await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(failed.pk)}))
@@ -117,7 +117,7 @@ async def test_sweep_marks_replies_of_dead_processes_interrupted(conversation, u
     communicator = await open_chat_socket(conversation, user)
     assert await replies_sweep_once() == 1
     frames = await frames_until(communicator, r'data-state="interrupted"')
-    assert ">Retry</button>" in frames[-1]
+    assert ">Retry</span></button>" in frames[-1]
     turn = await database_sync_to_async(Turn.objects.get)(pk=dead.pk)
     assert (turn.state, turn.content) == ("interrupted", "partial")
     assert [t.content for t in await get_turns(conversation)] == ["a", "partial"]

@@ -141,7 +141,7 @@ def test_feedback_from_users_reaches_the_inbox_negative_first(client, user, revi
     client.post(f"/turns/{second.pk}/feedback/", {"rating": "1"})
     client.force_login(reviewer)
     inbox = client.get("/admin/review/feedback/").content.decode()
-    assert inbox.index("👎 down") < inbox.index("👍 up") and "Wrong" not in inbox
+    assert inbox.index("</svg> down") < inbox.index("</svg> up") and "Wrong" not in inbox
     feedback = Feedback.objects.get(rating=-1)
     note = {"status": "resolved", "flag": "quality", "reviewer_note": "Fixed prompt"}
     client.post(f"/admin/review/feedback/{feedback.pk}/change/", note)

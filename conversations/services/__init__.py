@@ -1,9 +1,11 @@
 """Writes: every change to conversations and turns goes through here."""
 
-from .begin import Edit, ReplyAction, ReplyBegun, Retry, Send, reply_begin
+from .begin import Edit, ReplyAction, ReplyBegun, Retry, Send, conversation_start, reply_begin
 from .conversations import (
+    conversation_archive,
     conversation_create,
     conversation_delete,
+    conversation_pin,
     conversation_rename,
     conversation_update,
 )
@@ -44,9 +46,12 @@ __all__ = [
     "Send",
     "SendRateLimited",
     "SendRefused",
+    "conversation_archive",
     "conversation_create",
     "conversation_delete",
+    "conversation_pin",
     "conversation_rename",
+    "conversation_start",
     "conversation_update",
     "message_edit",
     "message_send",

@@ -7,6 +7,9 @@ request and the person's budget warnings.
 """
 
 from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
 
 from django.db import transaction
 
@@ -15,6 +18,7 @@ from billing.budgets import budget_warnings
 from ..actors import Actor
 from ..gateway import ChatRequest
 from ..models import Conversation, Turn
+from .conversations import conversation_create
 from .turns import (
     NotEditable,
     Stored,
@@ -129,3 +133,11 @@ def reply_begin(*, actor: Actor, conversation: Conversation, action: ReplyAction
         request=reply_request(turn=stored.reply, history=stored.history),
         warnings=budget_warnings(actor=actor),
     )
+
+
+@transaction.atomic
+def conversation_start(*, actor: Actor, text: str, **fields: Any) -> ReplyBegun:
+    """A new conversation (settings as for `conversation_create`), stored with its first
+    message and that message's reply begun; refused as a whole, leaving nothing behind."""
+    conversation = conversation_create(owner=actor.user, **fields)
+    return reply_begin(actor=actor, conversation=conversation, action=Send(text))

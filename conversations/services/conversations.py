@@ -3,6 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from ..actors import actor_for_user
 from ..gateway import model_available
@@ -82,3 +83,21 @@ def conversation_rename(*, conversation: Conversation, title: str) -> Conversati
 def conversation_delete(*, conversation: Conversation) -> None:
     """Delete a conversation with all its turns."""
     conversation.delete()
+
+
+def conversation_pin(*, conversation: Conversation, pinned: bool) -> Conversation:
+    """Pin a conversation to the top of the sidebar, or unpin it (not activity)."""
+    conversation.pinned_at = timezone.now() if pinned else None
+    Conversation.objects.filter(pk=conversation.pk).update(pinned_at=conversation.pinned_at)
+    return conversation
+
+
+def conversation_archive(*, conversation: Conversation, archived: bool) -> Conversation:
+    """Archive a conversation (it leaves the sidebar; search finds it), or bring it back.
+    Archiving also unpins it."""
+    conversation.archived_at = timezone.now() if archived else None
+    fields: dict[str, Any] = {"archived_at": conversation.archived_at}
+    if archived:
+        conversation.pinned_at = fields["pinned_at"] = None
+    Conversation.objects.filter(pk=conversation.pk).update(**fields)
+    return conversation

@@ -6,18 +6,23 @@
 
   function composer() { return document.getElementById("composer"); }
 
+  // In the Message box only: Enter sends, Escape stops the reply, and ↑ in an empty
+  // box edits your last message.
   document.addEventListener("keydown", function (event) {
     var target = event.target;
-    if (target && target.name === "message" && target.form && target.form.id === "composer") {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        if (target.value.trim()) { target.form.requestSubmit(); }
-        return;
-      }
+    if (!(target && target.name === "message" && target.form && target.form.id === "composer")) {
+      return;
     }
-    if (event.key === "Escape") {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (target.value.trim()) { target.form.requestSubmit(); }
+    } else if (event.key === "Escape") {
       var stop = document.querySelector("#reply-controls button.stop");
       if (stop) { event.preventDefault(); stop.click(); }
+    } else if (event.key === "ArrowUp" && !target.value && !event.isComposing) {
+      var edits = document.querySelectorAll("#turns .turn-user button.edit-turn");
+      var last = edits[edits.length - 1];
+      if (last && last.offsetParent !== null) { event.preventDefault(); last.click(); }
     }
   });
 
@@ -192,14 +197,32 @@
 
   document.addEventListener("click", function (event) {
     var button = event.target.closest ? event.target.closest("button.copy-code, button.copy-reply") : null;
-    if (!button || !navigator.clipboard) { return; }
+    if (!button) { return; }
+    if (!navigator.clipboard || !window.isSecureContext) {
+      copyNote(button, "Copy is unavailable: this page is not served over HTTPS.");
+      return;
+    }
     var source = button.classList.contains("copy-code")
       ? button.closest(".code-block").querySelector("pre")
       : button.closest("article").querySelector(".turn-text");
     navigator.clipboard.writeText(source ? source.innerText : "").then(function () {
-      var label = button.textContent;
-      button.textContent = "Copied";
-      setTimeout(function () { button.textContent = label; }, 1500);
+      copyNote(button, "Copied");
+    }, function () {
+      copyNote(button, "Copy failed: the browser did not allow the clipboard.");
     });
   });
+
+  // What a copy did, said next to its button (and to screen readers), for a moment.
+  function copyNote(button, text) {
+    var note = button.nextElementSibling;
+    if (!note || !note.classList.contains("copy-note")) {
+      note = document.createElement("span");
+      note.className = "copy-note";
+      note.setAttribute("role", "status");
+      button.after(note);
+    }
+    note.textContent = text;
+    clearTimeout(note._timer);
+    note._timer = setTimeout(function () { note.remove(); }, text === "Copied" ? 1500 : 5000);
+  }
 })();
