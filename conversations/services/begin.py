@@ -11,8 +11,6 @@ from typing import Any
 
 from django.db import transaction
 
-from django.db import transaction
-
 from billing.budgets import budget_warnings
 
 from ..actors import Actor
@@ -22,12 +20,12 @@ from .conversations import conversation_create
 from .turns import (
     NotEditable,
     Stored,
-    _check_message_text,
-    _title_from,
+    check_message_text,
     reply_request,
     store_edit,
     store_retry,
     store_send,
+    title_from,
 )
 
 
@@ -103,7 +101,7 @@ def _store_transcript(
 ) -> Stored:
     """The earlier turns first, then a send: its history and budget hold include them."""
     for _, content in earlier:
-        _check_message_text(content)
+        check_message_text(content)
     with transaction.atomic():
         if conversation.turns.exists():
             raise NotEditable
@@ -112,7 +110,7 @@ def _store_transcript(
             for number, (role, content) in enumerate(earlier, start=1)
         )
         first = next((content for role, content in earlier if role == Turn.Role.USER), text)
-        Conversation.objects.filter(pk=conversation.pk, title="").update(title=_title_from(first))
+        Conversation.objects.filter(pk=conversation.pk, title="").update(title=title_from(first))
         stored = store_send(conversation=conversation, text=text, actor=actor, started=True)
     return stored
 

@@ -60,7 +60,7 @@ class OverBudget(SendRefused):
         self.message = message
 
 
-def _check_message_text(text: Any) -> None:
+def check_message_text(text: Any) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ValidationError({"message": "Type a message first."})
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
@@ -150,7 +150,7 @@ def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
     return {field: getattr(conversation, field) for field in Conversation.FIELDS}
 
 
-def _title_from(text: str) -> str:
+def title_from(text: str) -> str:
     line = " ".join(text.split())
     if len(line) <= TITLE_LENGTH:
         return line
@@ -201,7 +201,7 @@ def store_send(
 ) -> Stored:
     """`message_send`; with `started`, the reply is stored streaming and the upstream
     history is read in the same transaction (one statement fewer per send)."""
-    _check_message_text(text)
+    check_message_text(text)
     actor = _check_can_send(conversation, actor)
     try:
         with transaction.atomic():
@@ -235,7 +235,7 @@ def store_send(
             Turn.objects.bulk_create([user_turn, reply])
             update = ["updated_at"]
             if not locked.title:
-                locked.title = _title_from(text)
+                locked.title = title_from(text)
                 update.append("title")
             locked.save(update_fields=update)
     except IntegrityError as exc:
@@ -422,7 +422,7 @@ def store_edit(
     started: bool = False,
 ) -> Stored:
     """`message_edit`; with `started`, the reply is stored streaming."""
-    _check_message_text(text)
+    check_message_text(text)
     actor = _check_can_send(conversation, actor)
     try:
         with transaction.atomic():
