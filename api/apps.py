@@ -7,4 +7,4 @@ class ApiConfig(AppConfig):
     verbose_name = "API"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401 - revokes tokens of deactivated accounts
+        from . import signals  # noqa: F401 - revokes tokens (deactivation, sign out everywhere)

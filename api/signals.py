@@ -1,10 +1,13 @@
-"""A deactivated account's tokens stop working at once."""
+"""A deactivated account's tokens, and those of a person who signed out everywhere,
+stop working at once."""
 
 from typing import Any
 
 from django.conf import settings
 from django.db.models.signals import post_save
 from django.dispatch import receiver
+
+from accounts.signals import signed_out_everywhere
 
 from .tokens import revoke_tokens
 
@@ -15,3 +18,8 @@ def revoke_on_deactivate(sender: Any, instance: Any, update_fields: Any = None, 
         return
     if not instance.is_active:
         revoke_tokens(instance)
+
+
+@receiver(signed_out_everywhere, dispatch_uid="api-revoke-on-sign-out-everywhere")
+def revoke_on_sign_out_everywhere(sender: Any, user: Any, **_: Any) -> None:
+    revoke_tokens(user)

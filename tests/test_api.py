@@ -626,6 +626,17 @@ def test_deactivating_an_account_revokes_its_tokens(user, other_user) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.django_db
+def test_signing_out_everywhere_revokes_the_tokens(client, user, other_user) -> None:
+    _, secret = token_create(owner=user, name="laptop")
+    _, theirs = token_create(owner=other_user, name="laptop")
+    client.force_login(user)
+    assert client.post("/accounts/sign-out-everywhere/").status_code == 302
+    assert token_authenticate(secret) is None
+    assert token_authenticate(theirs) is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
 def test_create_api_token_prints_the_token_as_the_last_word(user, capsys) -> None:
     call_command("create_api_token", "alice", "--name", "deploy script")
     secret = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]

@@ -54,6 +54,11 @@ def test_new_chat_is_one_click_and_stored_with_its_first_message(page, emulator)
     page.get_by_role("link", name="New chat").first.click()
     page.reload()
     assert sidebar_titles(page) == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "new-chat-1280.png"), caret="initial")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(ARTIFACTS / "new-chat-390.png"), caret="initial")
+    page.set_viewport_size({"width": 1280, "height": 900})
     # Model and settings live in the header and apply to the first reply.
     page.get_by_label("Model", exact=True).select_option("anthropic/claude-haiku-4.5")
     page.get_by_text("Settings", exact=True).click()
@@ -62,6 +67,7 @@ def test_new_chat_is_one_click_and_stored_with_its_first_message(page, emulator)
     page.wait_for_url("**/conversations/*/")
     reply = complete_reply(page)
     assert "Paris is the capital of France." in reply.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "chat-1280.png"), caret="initial")
     body = emulator.requests[-1].body
     assert body["system"] == "Answer in one sentence."
     assert "claude-haiku-4.5" in emulator.requests[-1].model
@@ -147,6 +153,11 @@ def test_the_drawer_at_phone_width(page, emulator) -> None:
     assert link.get_attribute("aria-current") == "page"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "drawer-390.png"), caret="initial")
+    page.keyboard.press("Escape")
+    nav.wait_for(state="hidden")
+    page.screenshot(path=str(ARTIFACTS / "chat-390.png"), caret="initial")
+    toggle.click()
+    nav.wait_for(state="visible")
     page.keyboard.press("Escape")
     nav.wait_for(state="hidden")
     assert page.evaluate("document.activeElement.id") == "sidebar-toggle"

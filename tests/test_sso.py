@@ -169,6 +169,7 @@ def sign_in_through_provider(page: Any, site: Site, login: str, *, consent: bool
 
 
 def sign_out(page: Any) -> None:
+    page.locator(".account-menu summary").click()  # the account menu in the sidebar
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/accounts/login/")
 
