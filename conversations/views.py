@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -241,8 +242,8 @@ async def conversation_create(request: HttpRequest) -> HttpResponse:
     its reply starts on this server, and the page moves to the chat, where the reply
     streams). Without one: an empty conversation, as scripts make them."""
     if not request.POST.get("message", "").strip():
-        return await database_sync_to_async(_create_sync)(request)
-    begun = await database_sync_to_async(_start_sync)(request)
+        return await sync_to_async(_create_sync)(request)
+    begun = await sync_to_async(_start_sync)(request)
     if isinstance(begun, HttpResponse):
         return begun
     try:

@@ -38,11 +38,12 @@ def test_regenerate_and_edit(page, emulator) -> None:
     send(page, "Question one")
     last_reply(page)
     send(page, "Question two")
-    page.locator('article[data-role="assistant"]').nth(1).locator("text=Second answer.").wait_for()
+    second = page.locator('article[data-role="assistant"][data-state="complete"]').nth(1)
+    assert "Second answer." in second.inner_text()
 
     emulator.enqueue(Behaviour(text="A regenerated answer."))
     last_reply(page).get_by_role("button", name="Regenerate").click()
-    page.get_by_text("A regenerated answer.").wait_for()
+    page.locator("article.turn-assistant .markdown", has_text="A regenerated answer.").wait_for()
     assert page.get_by_text("Second answer.").count() == 0
     # Only the last reply offers Regenerate.
     assert page.get_by_role("button", name="Regenerate").count() == 1
@@ -54,7 +55,8 @@ def test_regenerate_and_edit(page, emulator) -> None:
     editor.fill("Question one, edited")
     emulator.enqueue(Behaviour(text="Answer to the edited question."))
     first_user.get_by_role("button", name="Save and resend").click()
-    page.get_by_text("Answer to the edited question.").wait_for()
+    edited = "Answer to the edited question."
+    page.locator("article.turn-assistant .markdown", has_text=edited).wait_for()
     last_reply(page)
     assert page.locator('article[data-role="user"]').count() == 1
     assert page.locator('article[data-role="assistant"]').count() == 1

@@ -1,16 +1,14 @@
 """A streaming reply in a real browser: Markdown rendered as it arrives, and a view
 that follows the text unless the reader scrolled up."""
 
-from pathlib import Path
-
 import pytest
 
 from conversations.rendering import render_markdown
-from tests.conftest import start_chat
+from tests.conftest import ARTIFACTS, start_chat
 from tests.emulator import Behaviour
 
 pytestmark = pytest.mark.browser
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SCREENSHOTS = ARTIFACTS  # docs/screenshots/ holds the ones looked at and kept
 
 CODE = """\
 import json
