@@ -684,3 +684,23 @@ def test_a_token_follows_its_owners_team_model_rules(client, user, cloudflare_se
     assert refused.status_code == 403
     assert refused.json()["error"]["type"] == "permission_error"
     assert not user.conversations.exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_api_conversations_stay_out_of_the_sidebar_and_are_found(client, user) -> None:
+    from api.models import ApiConversation
+    from conversations.models import Conversation
+
+    made = Conversation.objects.create(owner=user, model=SONNET, title="From a script")
+    ApiConversation.objects.create(conversation=made)
+    Conversation.objects.create(owner=user, model=SONNET, title="From the page")
+    client.force_login(user)
+    page = client.get("/").content.decode()
+    sidebar = page[page.index('id="sidebar"') : page.index("<main")]
+    assert "From the page" in sidebar and "From a script" not in sidebar
+    found = client.get("/?q=script").content.decode()
+    assert "From a script" in found[found.index("<main") :]
+    listed = client.get("/?q=&source=api").content.decode()
+    main = listed[listed.index("<main") :]
+    assert "From a script" in main and "From the page" not in main
