@@ -8,7 +8,6 @@ begin the reply (`services.py`), answer in the caller's shape (`shapes.py`).
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from contextvars import Context
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,11 +157,8 @@ async def _reply(request: HttpRequest, api: Api) -> HttpResponseBase:
         return _error(api, error)
     assert isinstance(call, ApiCall)  # a refused one was raised by `_begin`
     try:
-        # The runner outlives this request, so it starts in a context of its own: the
-        # request's carries a database thread of its own (Django's ThreadSensitiveContext)
-        # that closes with the response and would take the runner's calls with it.
-        launch = reply_launch(turn=begun.reply, request=begun.request)
-        runner = await asyncio.get_running_loop().create_task(launch, context=Context())
+        # The reply runs in a context of its own (ReplyRunner.start), not this request's.
+        runner = await reply_launch(turn=begun.reply, request=begun.request)
     finally:
         reply_not_starting(begun.reply.pk)
     shape = api.shape(reply_id=begun.reply.pk, model=call.model)
