@@ -119,6 +119,14 @@ def turns_with_cost(turns: QuerySet[Turn]) -> QuerySet[Turn]:
     )
 
 
+def turn_billed(turn: Turn, spend: Spend | None) -> Turn:
+    """`turn` as `turns_with_cost` would load it, from the ledger row just written for
+    it (the end of a reply: no second read)."""
+    turn.ledger_cost_usd = spend.cost_usd if spend else None  # type: ignore[attr-defined]
+    turn.ledger_estimated = spend.estimated if spend else None  # type: ignore[attr-defined]
+    return turn
+
+
 @dataclass(frozen=True)
 class TurnCost:
     usd: Decimal

@@ -9,9 +9,10 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 
-from billing.models import UserBudget
+from billing.models import Spend, UserBudget
 from conversations.models import Conversation, Preset, Turn
-from conversations.services import turn_checkpoints
+from conversations.selectors import turn_cost
+from conversations.services import ReplyOutcome, reply_finish, turn_checkpoints
 from review.models import Feedback, ReviewAccess
 from teams.models import Membership, Team
 from tests.conftest import PASSWORD, SONNET
@@ -25,6 +26,9 @@ CHAT_PAGE_QUERIES = 6 + 3
 # statements whatever the number of replies (plus the savepoint and its release,
 # since the test itself runs in a transaction).
 CHECKPOINT_BATCH_QUERIES = 3 + 2
+# End a reply: its final state, read it back with its conversation and owner, the
+# owner's team, the ledger row, the conversation's activity (plus savepoint/release).
+REPLY_FINISH_QUERIES = 5 + 2
 
 
 @pytest.fixture
@@ -118,3 +122,25 @@ def test_a_checkpoint_batch_is_three_statements_for_any_number_of_replies(
     for turn in streaming:
         assert stored[turn.pk].heartbeat_at is not None
     assert stored[stopped.pk].content == "" and stored[stopped.pk].heartbeat_at is None
+
+
+@pytest.mark.parametrize("member", [False, True])
+def test_ending_a_reply_costs_five_statements_and_shows_what_the_ledger_billed(
+    user, django_assert_num_queries, request, member
+):
+    if member:
+        request.getfixturevalue("team")
+    conversation = conversation_with_turns(user, 0, title="Chat")
+    Turn.objects.create(conversation=conversation, position=0, role="user", content="Hi")
+    reply = Turn.objects.create(
+        conversation=conversation, position=1, role="assistant", state="streaming", model=SONNET
+    )
+    outcome = ReplyOutcome(state="complete", content="Hello!", input_tokens=12, output_tokens=3)
+    with django_assert_num_queries(REPLY_FINISH_QUERIES):
+        ended = reply_finish(turn_id=reply.pk, outcome=outcome)
+    assert ended is not None and ended.state == "complete"
+    spend = Spend.objects.get(turn=reply)
+    assert (spend.team_id is not None) is member
+    billed = turn_cost(ended)
+    assert billed is not None and billed.usd == spend.cost_usd and not billed.estimated
+    assert reply_finish(turn_id=reply.pk, outcome=outcome) is None  # it ends once

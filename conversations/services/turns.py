@@ -24,7 +24,13 @@ from billing.models import UpstreamCall
 from ..actors import Actor, actor_for_user
 from ..gateway import ChatRequest, model_available
 from ..models import Conversation, Turn
-from ..selectors import history_messages, history_rows, reply_history, turns_with_cost
+from ..selectors import (
+    history_messages,
+    history_rows,
+    reply_history,
+    turn_billed,
+    turns_with_cost,
+)
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
 TITLE_LENGTH = 60
@@ -515,7 +521,8 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         if not updated:
             return None
         turn = Turn.objects.select_related("conversation__owner").get(pk=turn_id)
-        spend_record(turn)
+        spend = spend_record(turn)
         Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
-        # Read again with what was just billed, for the pages' final fragment.
-        return turns_with_cost(Turn.objects.select_related("conversation")).get(pk=turn_id)
+    turn.conversation.updated_at = now
+    # With what was just billed, for the pages' final fragment.
+    return turn_billed(turn, spend)
