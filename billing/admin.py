@@ -29,9 +29,9 @@ class UserBudgetAdmin(admin.ModelAdmin):
 class SpendAdmin(ReadOnlyAdmin):
     """The ledger: read-only, so spend cannot be edited away."""
 
-    list_display = ("created_at", "user", "team", "model", "input_tokens", "output_tokens",
-                    "cost_usd", "estimated")  # fmt: skip
-    list_filter = ("model", "team", "estimated")
+    list_display = ("created_at", "user", "team", "kind", "model", "input_tokens",
+                    "output_tokens", "cost_usd", "estimated")  # fmt: skip
+    list_filter = ("kind", "model", "team", "estimated")
     date_hierarchy = "created_at"
 
 

@@ -3,7 +3,8 @@
 A reply holds its worst-case cost (the whole prompt in, `max_tokens` out) while it
 is written, so sends racing each other cannot overspend; once it ends, its real
 cost goes into the `Spend` ledger, which edits and deletions do not touch. Sends
-check under a lock of the budget rows.
+check under a lock of the budget rows. A conversation's title is charged its
+worst-case cost in the ledger before its call and settled after it.
 """
 
 from collections.abc import Iterable
@@ -195,3 +196,49 @@ def spend_record(turn: Turn) -> Spend | None:
             model=turn.model, input_tokens=input_tokens, output_tokens=output_tokens
         ),
     )
+
+
+def title_charge(
+    *, actor: Actor, turn: Turn, model: str, prompt_tokens: int, max_tokens: int
+) -> Spend | None:
+    """Inside a transaction: charge a title call's worst-case cost to the ledger before
+    the call, under the same lock as a reply's hold (`title_settle` puts in the real
+    cost after it); None, with nothing stored, when a budget does not cover it."""
+    cost = reply_worst_cost(model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+    try:
+        budget_hold(actor=actor, cost=cost)
+    except BudgetExceeded:
+        return None
+    return Spend.objects.create(
+        user_id=actor.user.pk,
+        team_id=actor.membership.team_id if actor.membership else None,
+        turn=turn,
+        kind=Spend.Kind.TITLE,
+        model=model,
+        input_tokens=prompt_tokens,
+        output_tokens=max_tokens,
+        estimated=True,
+        cost_usd=cost,
+    )
+
+
+def title_settle(
+    *, spend_id: int, input_tokens: int | None, output_tokens: int | None, text: str
+) -> None:
+    """A title call's real cost: reported usage, else an estimate (the prompt's bound
+    in, the text out). A call the upstream never took (no usage, no text) cost
+    nothing: its charge is removed."""
+    spend = Spend.objects.filter(pk=spend_id, kind=Spend.Kind.TITLE).first()
+    if spend is None:
+        return
+    if input_tokens is None and output_tokens is None and not text:
+        spend.delete()
+        return
+    estimated = input_tokens is None or output_tokens is None
+    spend.input_tokens = spend.input_tokens if input_tokens is None else input_tokens
+    spend.output_tokens = output_estimate(text) if output_tokens is None else output_tokens
+    spend.estimated = estimated
+    spend.cost_usd = reply_cost(
+        model=spend.model, input_tokens=spend.input_tokens, output_tokens=spend.output_tokens
+    )
+    spend.save(update_fields=["input_tokens", "output_tokens", "estimated", "cost_usd"])

@@ -23,7 +23,12 @@ class UserBudget(models.Model):
 
 
 class Spend(models.Model):
-    """What one reply cost: a ledger row that outlives edits and deleted conversations."""
+    """What one model call cost (a reply, or a conversation's title): a ledger row that
+    outlives edits and deleted conversations."""
+
+    class Kind(models.TextChoices):
+        REPLY = "reply"
+        TITLE = "title"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     team = models.ForeignKey(
@@ -32,6 +37,7 @@ class Spend(models.Model):
     turn = models.ForeignKey(
         Turn, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.REPLY)
     model = models.CharField(max_length=64)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
@@ -51,12 +57,14 @@ class Spend(models.Model):
 
 
 class UpstreamCall(models.Model):
-    """One model call a person caused (send, retry, edit): the rate limit counts these."""
+    """One model call a person caused (send, retry, edit, a title): the rate limit
+    counts these."""
 
     class Kind(models.TextChoices):
         SEND = "send"
         RETRY = "retry"
         EDIT = "edit"
+        TITLE = "title"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=16, choices=Kind.choices)

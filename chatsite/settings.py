@@ -343,6 +343,10 @@ CHAT_SEND_RATE_WINDOW = env_float("CHAT_SEND_RATE_WINDOW", 60.0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 1_000_000)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 CHAT_VISIBLE_TURNS = env_int("CHAT_VISIBLE_TURNS", 50)
+# After a conversation's first reply the cheapest configured model writes its title
+# (recorded in the ledger, within the budget); off: the first message's words stay.
+CHAT_TITLES = env_bool("CHAT_TITLES", True)
+CHAT_TITLE_TIMEOUT = env_float("CHAT_TITLE_TIMEOUT", 30.0)
 
 # --- Accounts: single sign-on (OpenID Connect, django-allauth) and e-mail ----
 

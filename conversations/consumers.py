@@ -22,6 +22,7 @@ from .fragments import (
     frame_too_large_fragment,
     stream_view_fragment,
     text_fragment,
+    title_fragment,
     turns_fragment,
 )
 from .models import Conversation, Turn
@@ -32,7 +33,7 @@ from .replies import (
     reply_not_starting,
     reply_starting,
 )
-from .selectors import conversation_get_for, turn_active, turns_with_cost
+from .selectors import conversation_get_for, sidebar_page_for, turn_active, turns_with_cost
 from .services import (
     Edit,
     ReplyAction,
@@ -380,6 +381,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             text_data=error_fragment("You were signed out. Reload the page to sign in again.")
         )
         await self.close(code=4401)
+
+    async def conversation_titled(self, event: dict[str, Any]) -> None:
+        """One of the person's conversations has a new title (written by the model, or
+        renamed in another tab): this page's header if it shows it, and its sidebar."""
+        current = event["conversation_id"] == str(self.conversation.pk)
+        if current:
+            self.conversation.title = event["title"]
+        sidebar = await database_sync_to_async(sidebar_page_for)(user=self.scope["user"])
+        await self.send(
+            text_data=title_fragment(
+                title=event["title"],
+                current=current,
+                sidebar=sidebar,
+                sidebar_current=str(self.conversation.pk),
+            )
+        )
 
     async def turn_created(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["html"])

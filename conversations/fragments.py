@@ -14,6 +14,7 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import mark_safe
 
 from .models import Conversation, Turn
+from .selectors import SidebarPage
 
 _PARTIALS = "conversations/partials/"
 
@@ -117,3 +118,16 @@ def deferred_turn_fragment(*, conversation_id: Any, turn_id: int, state: str) ->
 
 def frame_too_large_fragment() -> str:
     return _render("frame_too_large.html", {})
+
+
+def title_fragment(*, title: str, current: bool, sidebar: SidebarPage, sidebar_current: str) -> str:
+    """A conversation's new title: the header of the page that shows it (`current`),
+    and the sidebar's list of conversations read again."""
+    context = {
+        "title": title,
+        "current": current,
+        "sidebar": sidebar,
+        "sidebar_current": sidebar_current,
+        "sidebar_oob": True,
+    }
+    return _render("title_update.html", context)

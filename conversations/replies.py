@@ -53,6 +53,7 @@ from .services import (
     reply_start,
     turn_checkpoints,
 )
+from .titles import title_write_later
 
 logger = logging.getLogger("conversations.replies")
 
@@ -313,6 +314,7 @@ class ReplyRunner:
         await self.announced.wait()
         if not await reached(CHANNEL_LAYER, reply_broadcast_final(turn)):
             broadcast_final_later(turn)
+        title_write_later(turn=turn)  # a conversation's first reply: its title
 
     async def _write_final(self, outcome: ReplyOutcome) -> Turn | None:
         delays = backoff(settings.CHAT_FINAL_WRITE_PATIENCE, longest=4.0)

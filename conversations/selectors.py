@@ -111,8 +111,9 @@ def conversation_get_for(*, user: Any, conversation_id: uuid.UUID | str) -> Conv
 
 def turns_with_cost(turns: QuerySet[Turn]) -> QuerySet[Turn]:
     """`turns` with what the ledger billed for each, in the same query: its latest
-    Spend row (a retried reply has one per run). Read it with `turn_cost`."""
-    latest = Spend.objects.filter(turn_id=OuterRef("pk")).order_by("-pk")
+    Spend row (a retried reply has one per run; a title's row is not the reply's).
+    Read it with `turn_cost`."""
+    latest = Spend.objects.filter(turn_id=OuterRef("pk"), kind=Spend.Kind.REPLY).order_by("-pk")
     return turns.annotate(
         ledger_cost_usd=Subquery(latest.values("cost_usd")[:1]),
         ledger_estimated=Subquery(latest.values("estimated")[:1]),

@@ -65,6 +65,7 @@ from .services import (
     preset_settings,
 )
 from .services import conversation_create as create_conversation
+from .titles import title_broadcast_sync
 
 CONVERSATIONS_PER_PAGE = 25
 
@@ -393,6 +394,8 @@ def conversation_rename_view(request: HttpRequest, conversation_id: uuid.UUID) -
         ConversationRenameForm(request.POST),
         lambda data: conversation_rename(conversation=conversation, title=data["title"]),
     )
+    if not error:
+        title_broadcast_sync(conversation)  # the person's other tabs follow
     if not _is_htmx(request):
         if error:
             return HttpResponse(error, status=400)

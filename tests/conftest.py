@@ -29,6 +29,11 @@ from conversations.gateway import provider_override
 from conversations.gateway.fake import ScriptedProvider
 from tests.emulator import Behaviour, GatewayEmulator
 
+# Titles by the model are off in tests and in every server they start (many tests count
+# the emulator's requests, or take its last one for the reply's): a test that is about
+# titles turns them on (`titles_on`, or CHAT_TITLES="on" for a live server).
+os.environ["CHAT_TITLES"] = "off"
+
 ROOT = Path(__file__).resolve().parent.parent
 SONNET = "anthropic/claude-sonnet-4"
 HAIKU = "anthropic/claude-haiku-4.5"
@@ -175,6 +180,18 @@ def _plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(autouse=True)
+def _titles_off(settings):
+    settings.CHAT_TITLES = False
+
+
+@pytest.fixture
+def titles_on(settings):
+    """Conversations get their titles from the model, as in production."""
+    settings.CHAT_TITLES = True
+    return settings
 
 
 @pytest.fixture

@@ -117,12 +117,20 @@ def _count_call(owner_id: int, kind: str) -> None:
     The person's row is locked first, so their concurrent calls are counted one
     after another (PostgreSQL; SQLite's write lock already serialises them).
     """
+    if not call_counted(owner_id, kind):
+        raise SendRateLimited
+
+
+def call_counted(owner_id: int, kind: str) -> bool:
+    """Inside a transaction: count one upstream call, or False (nothing stored) when
+    the person is at their rate limit."""
     list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
     window = timezone.now() - timedelta(seconds=settings.CHAT_SEND_RATE_WINDOW)
     recent = UpstreamCall.objects.filter(user_id=owner_id, created_at__gte=window).count()
     if recent >= settings.CHAT_SEND_RATE_LIMIT:
-        raise SendRateLimited
+        return False
     UpstreamCall.objects.create(user_id=owner_id, kind=kind)
+    return True
 
 
 def upstream_calls_prune() -> int:

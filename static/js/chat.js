@@ -181,6 +181,24 @@
     }
   });
 
+  // A new title from the socket (the model wrote it, or another tab renamed the
+  // conversation) replaced the header: the window's title and the rename control follow,
+  // unless the reader is renaming right now.
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    var heading = event.target;
+    if (!heading || heading.id !== "conversation-title") { return; }
+    var title = heading.textContent;
+    var cut = document.title.lastIndexOf(" · ");
+    document.title = title + (cut >= 0 ? document.title.slice(cut) : "");
+    var block = heading.closest(".title-block");
+    var rename = block && block.querySelector("details.rename");
+    if (!rename || rename.open) { return; }
+    rename.querySelector("summary").setAttribute("aria-label", "Rename " + title);
+    var input = rename.querySelector("input[name=title]");
+    input.defaultValue = title;
+    input.value = title;
+  });
+
   // Edit a message: show its form in place; sending replaces the later turns.
   document.addEventListener("click", function (event) {
     var edit = event.target.closest ? event.target.closest("button.edit-turn, button.edit-cancel") : null;
