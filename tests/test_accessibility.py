@@ -39,6 +39,9 @@ def test_the_chat_pages_have_no_serious_violations(page, emulator, width) -> Non
     assert violations(page) == []  # search results
     page.goto("/presets/")
     assert violations(page) == []
+    page.goto("/accounts/settings/")
+    page.get_by_role("heading", name="Your account", level=1).wait_for()
+    assert violations(page) == []  # the account: profile, password, sessions
 
 
 def test_one_heading_one_and_the_turn_list_is_a_log(page, emulator) -> None:
