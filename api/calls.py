@@ -2,6 +2,7 @@
 settings: one `ApiCall`, or an `ApiError` that names the parameter at fault."""
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,11 +194,21 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _message_list(body: dict[str, Any]) -> list[Any]:
+def _messages(body: dict[str, Any], roles: tuple[str, ...]) -> Iterator[tuple[str, str, Any]]:
+    """Each message of a request: its parameter name (for errors), its role (one of
+    `roles`) and its content, unchecked."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "messages must be a non-empty list.")
-    return messages
+    for number, message in enumerate(messages):
+        param = f"messages[{number}]"
+        if not isinstance(message, dict):
+            raise invalid(param, "Each message must be an object with a role and content.")
+        role = message.get("role")
+        if role not in roles:
+            named = ", ".join(roles[:-1]) + " or " + roles[-1]
+            raise invalid(f"{param}.role", f"role must be {named}.")
+        yield param, role, message.get("content")
 
 
 def openai_call(body: Any, *, conversation_id: str = "") -> ApiCall:
@@ -208,14 +219,7 @@ def openai_call(body: Any, *, conversation_id: str = "") -> ApiCall:
     _integer(body, "n", low=1, high=1)
     system: list[str] = []
     messages: list[tuple[str, str]] = []
-    for number, message in enumerate(_message_list(body)):
-        param = f"messages[{number}]"
-        if not isinstance(message, dict):
-            raise invalid(param, "Each message must be an object with a role and content.")
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise invalid(f"{param}.role", "role must be system, developer, user or assistant.")
-        content = message.get("content")
+    for param, role, content in _messages(body, ("system", "developer", "user", "assistant")):
         if role == "assistant" and content is None:
             content = ""
         text = _text(content, f"{param}.content")
@@ -252,14 +256,8 @@ def anthropic_call(body: Any, *, conversation_id: str = "") -> ApiCall:
     _unsupported(body, "tools", "tool_choice", "stop_sequences", "thinking")
     system = "" if body.get("system") is None else _text(body["system"], "system")
     messages: list[tuple[str, str]] = []
-    for number, message in enumerate(_message_list(body)):
-        param = f"messages[{number}]"
-        if not isinstance(message, dict):
-            raise invalid(param, "Each message must be an object with a role and content.")
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise invalid(f"{param}.role", "role must be user or assistant.")
-        messages.append((role, _text(message.get("content"), f"{param}.content")))
+    for param, role, content in _messages(body, ("user", "assistant")):
+        messages.append((role, _text(content, f"{param}.content")))
     temperature, top_p, top_k = _sampling(body)
     return ApiCall(
         model=model,
