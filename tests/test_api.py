@@ -577,6 +577,23 @@ def test_a_conversation_reaches_the_model_alternating_and_ending_with_the_user(
     assert all(text.strip() for _, text in sent)
 
 
+@settings(max_examples=200, deadline=None)
+@given(role=json_values | st.sampled_from(["user", "assistant", "system", "developer", "tool"]))
+def test_a_message_role_is_one_the_shape_names_or_refused_saying_which(role: Any) -> None:
+    shapes = (
+        (openai_call, {}, ("system", "developer", "user", "assistant"), "system, developer, user"),
+        (anthropic_call, {"max_tokens": 5}, ("user", "assistant"), "must be user or assistant"),
+    )
+    for parse, extra, roles, named in shapes:
+        messages = [{"role": role, "content": "hi"}, *HELLO]
+        error = _refusal(parse, {"model": SONNET, "messages": messages, **extra})
+        if isinstance(role, str) and role in roles:
+            assert error is None or error.param != "messages[0].role"
+        else:
+            assert error is not None and error.status == 400
+            assert error.param == "messages[0].role" and named in error.message
+
+
 @pytest.mark.parametrize(
     ("parse", "extra", "param"),
     [
