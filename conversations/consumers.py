@@ -20,6 +20,7 @@ from .fragments import (
     deferred_turn_fragment,
     error_fragment,
     frame_too_large_fragment,
+    path_fragment,
     stream_view_fragment,
     text_fragment,
     title_fragment,
@@ -33,7 +34,7 @@ from .replies import (
     reply_not_starting,
     reply_starting,
 )
-from .selectors import conversation_get_for, sidebar_page_for, turn_active, turns_with_cost
+from .selectors import conversation_get_for, sidebar_page_for, turn_active, turns_shown
 from .services import (
     Edit,
     ReplyAction,
@@ -41,6 +42,7 @@ from .services import (
     Retry,
     Send,
     SendRefused,
+    path_switch,
     reply_begin,
     reply_stop_request,
 )
@@ -96,19 +98,28 @@ def _stop_reply(credentials: SocketCredentials, conversation_id: Any) -> Turn | 
     return reply_stop_request(conversation_id=conversation_id)
 
 
+def _switch(credentials: SocketCredentials, conversation_id: Any, turn_id: int) -> None:
+    _, conversation = _frame_context(credentials, conversation_id)
+    path_switch(conversation=conversation, turn_id=turn_id)
+
+
 def _turns_to_sync(
     credentials: SocketCredentials, conversation_id: Any, shown: list[int], last: int | None
-) -> tuple[list[Turn], list[Turn], Turn | None]:
+) -> tuple[list[Turn], list[Turn] | None, Turn | None]:
     """For a page that (re)connected: the stored truth of the turns it shows as
-    still being written, the turns it has not seen, and the active reply."""
+    still being written, the turns of the active path it has not seen (None when its
+    newest turn left the path: another tab showed another version meanwhile), and
+    the active reply."""
     _frame_context(credentials, conversation_id)
-    turns = turns_with_cost(Turn.objects.filter(conversation_id=conversation_id))
+    turns = turns_shown(Turn.objects.filter(conversation_id=conversation_id))
     stale = list(turns.filter(pk__in=shown).exclude(state__in=Turn.ACTIVE_STATES))
-    newer = (
-        list(turns.filter(pk__gt=last).order_by("position")[: settings.CHAT_VISIBLE_TURNS])
-        if last is not None
-        else []
-    )
+    newer: list[Turn] | None = []
+    if last is not None:
+        # The path's turns newer than the page's newest follow it (they descend from
+        # it): the page's newest comes first, when it is still on the path.
+        path = turns.filter(on_path=True, pk__gte=last).order_by("position")
+        newer = list(path[: settings.CHAT_VISIBLE_TURNS + 1])
+        newer = newer[1:] if newer and newer[0].pk == last else None
     return stale, newer, turns.filter(state__in=Turn.ACTIVE_STATES).first()
 
 
@@ -124,6 +135,9 @@ def _turn_id(value: Any) -> int | None:
     if isinstance(value, str) and _TURN_ID.fullmatch(value):
         return int(value)
     return None
+
+
+ACTIONS = ("send", "retry", "edit", "switch")
 
 
 def action_of(frame: dict[str, Any]) -> ReplyAction | None:
@@ -153,6 +167,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "reply.finished",
             "reply.catchup",
             "turn.created",
+            "path.switched",
             "websocket.receive",
         }
     )
@@ -282,8 +297,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._catch_up_page(frame.get("turns"), frame.get("last"))
         elif kind == "stop":
             await self._stop()
-        elif kind not in ("send", "retry", "edit"):
+        elif kind not in ACTIONS:
             await self.send(text_data=error_fragment("Unknown action."))
+        elif kind == "switch":
+            turn_id = _turn_id(frame.get("turn"))
+            if turn_id is None:
+                await self.send(text_data=error_fragment("That message could not be read."))
+            else:
+                await self._switch(turn_id)
         elif (action := action_of(frame)) is not None:
             await self._start(action)
         elif kind == "send":
@@ -332,6 +353,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             runner.announced.set()
         await self.send(text_data=ack_fragment(begun.warnings))
 
+    async def _switch(self, turn_id: int) -> None:
+        """Show another version: every page of the conversation loads the new path."""
+        try:
+            await database_sync_to_async(_switch)(self.credentials, self.conversation.pk, turn_id)
+        except SendRefused as exc:
+            await self.send(text_data=error_fragment(exc.message))
+            return
+        switched = {"type": "path.switched", "html": path_fragment(self.conversation.pk)}
+        if not await reached(CHANNEL_LAYER, self.channel_layer.group_send(self.group, switched)):
+            # The layer is down: this page follows now, the others when they reconnect.
+            await self.send(text_data=switched["html"])
+
     async def _stop(self) -> None:
         # Both paths, so Stop works whichever process runs the reply: the channel
         # layer reaches the runner at once, the database flag at its next heartbeat.
@@ -355,6 +388,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stale, newer, active = await database_sync_to_async(_turns_to_sync)(
             self.credentials, self.conversation.pk, ids[:SYNC_TURNS], _turn_id(last)
         )
+        if newer is None:
+            # The page shows a version no longer on the path: it loads the path again
+            # (and then syncs again).
+            await self.send(text_data=path_fragment(self.conversation.pk))
+            return
         if stale or newer:
             await self.send(
                 text_data=turns_fragment(
@@ -399,6 +437,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
     async def turn_created(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["html"])
+
+    async def path_switched(self, event: dict[str, Any]) -> None:
         await self.send(text_data=event["html"])
 
     async def reply_state(self, event: dict[str, Any]) -> None:

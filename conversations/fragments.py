@@ -116,6 +116,12 @@ def deferred_turn_fragment(*, conversation_id: Any, turn_id: int, state: str) ->
     ) + reply_controls_fragment(active_turn=None)
 
 
+def path_fragment(conversation_id: Any) -> str:
+    """Another version is shown: the page loads the active path again over HTTP (it may
+    be longer than a frame carries) and then syncs its socket."""
+    return _render("path_changed.html", {"conversation_id": conversation_id, "oob": True})
+
+
 def frame_too_large_fragment() -> str:
     return _render("frame_too_large.html", {})
 

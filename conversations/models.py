@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 
 from teams.models import Team
 
@@ -163,7 +164,19 @@ class Turn(models.Model):
     }
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    # A conversation is a tree of turns: a turn answers (or follows) its parent; a first
+    # message has none. Versions of a turn (an edited message, a regenerated reply) are
+    # siblings: the same parent, the same position, in the order they were made.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    # The depth in the tree: every turn of a path has its own.
     position = models.PositiveIntegerField()
+    # The version shown among its siblings (one per sibling group); on the active path
+    # when it and all its ancestors are (`on_path`, kept up to date on every change, so
+    # the path is read in one query: the turns `on_path`, by position).
+    chosen = models.BooleanField(default=True)
+    on_path = models.BooleanField(default=True)
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.COMPLETE)
@@ -190,10 +203,22 @@ class Turn(models.Model):
     stop_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["conversation", "position"]
+        ordering = ["conversation", "position", "pk"]
+        indexes = [models.Index(fields=["conversation", "position"], name="turn_depth")]
         constraints = [
+            # One turn at each depth of the active path.
             models.UniqueConstraint(
-                fields=["conversation", "position"], name="turn_unique_position"
+                fields=["conversation", "position"],
+                condition=Q(on_path=True),
+                name="turn_path_position",
+            ),
+            # One chosen version among siblings (first messages have no parent: 0).
+            models.UniqueConstraint(
+                F("conversation"),
+                F("position"),
+                Coalesce(F("parent"), Value(0)),
+                condition=Q(chosen=True),
+                name="turn_one_chosen_version",
             ),
             models.UniqueConstraint(
                 fields=["conversation"],

@@ -44,7 +44,7 @@ from .gateway import (
 )
 from .models import Turn
 from .rendering import MarkdownUpdate, StreamingMarkdown
-from .selectors import turns_with_cost
+from .selectors import turns_shown
 from .services import (
     INTERRUPTED_MESSAGE,
     ReplyOutcome,
@@ -326,7 +326,7 @@ class ReplyRunner:
                 if turn is None:
                     # Someone else ended it (another process, or a sweep): show what is stored.
                     turn = await database_sync_to_async(
-                        turns_with_cost(Turn.objects.filter(pk=self.turn_id)).get
+                        turns_shown(Turn.objects.filter(pk=self.turn_id)).get
                     )()
             except DATABASE_ERRORS as exc:
                 outage_seen(DATABASE, exc)

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import Spend
@@ -81,12 +82,18 @@ def sidebar_page_for(*, user: Any, page: int = 1) -> SidebarPage:
 def conversation_readable_for(
     *, user: Any, conversation_id: uuid.UUID | str
 ) -> Conversation | None:
-    """A conversation the user owns, or one its owner shared (read-only) with the user's team."""
+    """A conversation the user owns, or one its owner shared (read-only) with the user's
+    team; `reply_in_progress` says whether a reply is being written in it."""
     if not user.is_authenticated:
         return None
     readable = Conversation.objects.filter(Q(owner=user) | shared_with_viewer(user))
+    writing = Turn.objects.filter(conversation=OuterRef("pk"), state__in=Turn.ACTIVE_STATES)
     try:
-        return readable.select_related("owner").get(pk=conversation_id)
+        return (
+            readable.select_related("owner")
+            .annotate(reply_in_progress=Exists(writing))
+            .get(pk=conversation_id)
+        )
     except (Conversation.DoesNotExist, ValueError, ValidationError):
         return None
 
@@ -146,23 +153,119 @@ def turn_cost(turn: Turn) -> TurnCost | None:
     return TurnCost(usd=usd, estimated=bool(getattr(turn, "ledger_estimated", False)))
 
 
-def turns_in_order(*, conversation: Conversation) -> QuerySet[Turn]:
-    """Every turn with its cost, oldest first (transcripts and exports)."""
-    return turns_with_cost(conversation.turns.order_by("position"))
+def _versions_of_outer_turn() -> QuerySet[Turn]:
+    """The versions of the turn of the outer query, itself included: its siblings (the
+    same conversation, depth and parent; first messages have no parent)."""
+    return Turn.objects.alias(branch=Coalesce("parent_id", 0)).filter(
+        conversation_id=OuterRef("conversation_id"),
+        position=OuterRef("position"),
+        branch=Coalesce(OuterRef("parent_id"), 0),
+    )
+
+
+def _count(turns: QuerySet[Turn]) -> Subquery:
+    return Subquery(turns.order_by().values("conversation_id").annotate(n=Count("pk")).values("n"))
+
+
+def turns_shown(turns: QuerySet[Turn]) -> QuerySet[Turn]:
+    """`turns` as the pages show them, in the same query: with their cost
+    (`turns_with_cost`) and their versions (read them with `turn_versions`)."""
+    versions = _versions_of_outer_turn()
+    return turns_with_cost(turns).annotate(
+        version_count=_count(versions),
+        version_number=_count(versions.filter(pk__lte=OuterRef("pk"))),
+        previous_version=Subquery(
+            versions.filter(pk__lt=OuterRef("pk")).order_by("-pk").values("pk")[:1]
+        ),
+        next_version=Subquery(
+            versions.filter(pk__gt=OuterRef("pk")).order_by("pk").values("pk")[:1]
+        ),
+    )
+
+
+def turn_version_ids(turn: Turn) -> list[int]:
+    """The ids of a turn's versions, itself included, oldest first (for
+    `turn_versions_known`): one query on the turn's siblings."""
+    return list(
+        Turn.objects.filter(
+            conversation_id=turn.conversation_id, position=turn.position, parent_id=turn.parent_id
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+@dataclass(frozen=True)
+class TurnVersions:
+    """Where a turn stands among its versions: number `number` of `count` (from 1, in
+    the order they were made), and the ids of the versions before and after it."""
+
+    number: int
+    count: int
+    previous: int | None
+    next: int | None
+
+
+def turn_versions(turn: Turn) -> TurnVersions | None:
+    """The versions of a turn loaded by `turns_shown` (or given by `turn_versions_known`);
+    None when it has no other version."""
+    count = getattr(turn, "version_count", None)
+    if not count or count < 2:
+        return None
+    return TurnVersions(
+        number=turn.version_number,  # type: ignore[attr-defined]
+        count=count,
+        previous=turn.previous_version,  # type: ignore[attr-defined]
+        next=turn.next_version,  # type: ignore[attr-defined]
+    )
+
+
+def turn_versions_known(turn: Turn, *, versions: list[int]) -> Turn:
+    """Give a turn just made the versions `turns_shown` would read: the ids of its
+    siblings, itself included, oldest first."""
+    at = versions.index(turn.pk)
+    turn.version_count = len(versions)  # type: ignore[attr-defined]
+    turn.version_number = at + 1  # type: ignore[attr-defined]
+    turn.previous_version = versions[at - 1] if at else None  # type: ignore[attr-defined]
+    turn.next_version = versions[at + 1] if at + 1 < len(versions) else None  # type: ignore[attr-defined]
+    return turn
+
+
+def turns_in_tree_order(*, conversation: Conversation) -> list[Turn]:
+    """Every turn of every version, with costs and versions, depth first: each turn,
+    then what follows it, versions in the order they were made (review and exports)."""
+    turns = list(turns_shown(conversation.turns.order_by("position", "pk")))
+    children: dict[int | None, list[Turn]] = {}
+    for turn in turns:
+        children.setdefault(turn.parent_id, []).append(turn)
+    ordered: list[Turn] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        turn = stack.pop()
+        ordered.append(turn)
+        stack.extend(reversed(children.get(turn.pk, [])))
+    return ordered
+
+
+def turns_on_path(*, conversation: Conversation) -> list[Turn]:
+    """The active path, with costs and versions, oldest first."""
+    return list(turns_shown(conversation.turns.filter(on_path=True).order_by("position")))
 
 
 def turns_recent(*, conversation: Conversation, limit: int) -> list[Turn]:
-    """The latest `limit` turns with their costs, oldest first."""
-    turns = list(turns_with_cost(conversation.turns.order_by("-position"))[:limit])
+    """The latest `limit` turns of the active path with their costs and versions, oldest
+    first."""
+    path = conversation.turns.filter(on_path=True).order_by("-position")
+    turns = list(turns_shown(path)[:limit])
     turns.reverse()
     return turns
 
 
 def turns_before(*, conversation: Conversation, position: int, limit: int) -> list[Turn]:
-    """Up to `limit` turns with their costs just before `position`, oldest first (for
+    """Up to `limit` turns of the active path just before `position`, oldest first (for
     "load earlier")."""
-    earlier = conversation.turns.filter(position__lt=position).order_by("-position")
-    turns = list(turns_with_cost(earlier)[:limit])
+    earlier = conversation.turns.filter(on_path=True, position__lt=position).order_by("-position")
+    turns = list(turns_shown(earlier)[:limit])
     turns.reverse()
     return turns
 
@@ -206,23 +309,49 @@ def turn_active(*, conversation_id: uuid.UUID | str) -> Turn | None:
 
 
 def reply_history(*, turn: Turn) -> list[dict[str, str]]:
-    """The messages that lead up to `turn`, alternating user/assistant, oldest first.
+    """The messages that lead up to `turn` (its ancestors), alternating user/assistant,
+    oldest first.
 
     Assistant turns with no text (failed before the first token) are left out, and
     neighbouring messages of one role are joined, so the upstream always gets a
     well-formed alternation that starts and ends with the user.
     """
-    return history_messages(
-        history_rows(conversation_id=turn.conversation_id, before=turn.position)
+    rows = list(
+        Turn.objects.filter(
+            conversation_id=turn.conversation_id, on_path=True, position__lt=turn.position
+        )
+        .order_by("position")
+        .values_list("pk", "role", "content")
     )
+    if turn.parent_id is None or (rows and rows[-1][0] == turn.parent_id):
+        # Its parent is on the active path, so its ancestors are the path before it.
+        return history_messages((role, content) for _, role, content in rows)
+    return history_messages(_ancestor_rows(turn))
 
 
 def history_rows(*, conversation_id: Any, before: int) -> list[tuple[str, str]]:
-    """(role, content) of the turns before position `before`, oldest first."""
+    """(role, content) of the active path's turns before position `before`, oldest first."""
     return list(
-        Turn.objects.filter(conversation_id=conversation_id, position__lt=before)
+        Turn.objects.filter(conversation_id=conversation_id, on_path=True, position__lt=before)
         .order_by("position")
         .values_list("role", "content")
+    )
+
+
+def _ancestor_rows(turn: Turn) -> list[tuple[str, str]]:
+    """(role, content) of a turn's ancestors, oldest first: the tree's links are read
+    first (ids only), then the texts of the ancestors."""
+    parents = dict(
+        Turn.objects.filter(
+            conversation_id=turn.conversation_id, position__lt=turn.position
+        ).values_list("pk", "parent_id")
+    )
+    ancestors, at = [], turn.parent_id
+    while at is not None:
+        ancestors.append(at)
+        at = parents.get(at)
+    return list(
+        Turn.objects.filter(pk__in=ancestors).order_by("position").values_list("role", "content")
     )
 
 

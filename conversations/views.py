@@ -48,7 +48,7 @@ from .selectors import (
     sidebar_page_for,
     turns_before,
     turns_recent,
-    turns_with_cost,
+    turns_shown,
 )
 from .services import (
     ReplyBegun,
@@ -266,7 +266,9 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     context = {
         "conversation": conversation,
         **window,
-        "active_turn": next((t for t in window["turns"] if t.is_active), None),
+        # Stop is offered while a reply is written, on the path shown or another one.
+        "active_turn": next((t for t in window["turns"] if t.is_active), None)
+        or conversation.reply_in_progress,  # type: ignore[attr-defined]
         "read_only": read_only,
         "settings_form": None if read_only else _settings_form(conversation),
         "models": _models_context(actor),
@@ -284,12 +286,16 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 @login_required
 @require_GET
 def conversation_turns_earlier(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    """Older turns, for the "load earlier" button of a long conversation."""
+    """The active path's latest turns (as the chat page shows them: a page loads them
+    again when another version is shown), or with `before` older ones, for the "load
+    earlier" button of a long conversation."""
     conversation = _get_readable_conversation(request, conversation_id)
-    try:
-        before = int(request.GET.get("before", ""))
-    except ValueError:
-        return HttpResponse("Give `before` as a turn position.", status=400)
+    before: int | None = None
+    if "before" in request.GET:
+        try:
+            before = int(request.GET["before"])
+        except ValueError:
+            return HttpResponse("Give `before` as a turn position.", status=400)
     return render(
         request,
         "conversations/partials/turns_earlier.html",
@@ -308,7 +314,7 @@ def conversation_turn(
 ) -> HttpResponse:
     """One turn as the chat shows it: a reply too large for one socket frame loads here."""
     conversation = _get_readable_conversation(request, conversation_id)
-    turn = turns_with_cost(conversation.turns.filter(pk=turn_id)).first()
+    turn = turns_shown(conversation.turns.filter(pk=turn_id)).first()
     if turn is None:
         raise Http404("No such turn.")
     return render(

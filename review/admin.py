@@ -25,7 +25,7 @@ from django.utils.safestring import SafeString
 from billing.models import Spend
 from chatsite.admin_site import ReadOnlyAdmin
 from conversations.models import Conversation, Turn
-from conversations.selectors import turns_in_order
+from conversations.selectors import turns_in_tree_order
 from conversations.templatetags.chat import model_label
 from conversations.templatetags.icons import icon
 
@@ -239,9 +239,10 @@ class ConversationReviewAdmin(MetadataLookupsOnly, ReviewPermissions, admin.Mode
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "conversation": conversation,
-            "turns": turns_in_order(conversation=conversation),  # with what each cost
+            "turns": turns_in_tree_order(conversation=conversation),  # with what each cost
             "read_only": True,
             "show_log_id": True,
+            "show_tree": True,  # every version, the active path marked
             "flags": Conversation.Flag.choices,
             "accesses": conversation.review_accesses.select_related("reviewer")[:20],
             "title": f"Transcript: {conversation.display_title}",

@@ -1,15 +1,22 @@
-"""The exports reviewers and owners take away: JSON, Markdown, JSON Lines."""
+"""The exports reviewers and owners take away: JSON, Markdown, JSON Lines.
+
+Every version of every turn is in them: JSON has each turn's `parent` (the tree) and
+whether it is `on_path`; Markdown writes the active path, then the other versions.
+"""
 
 import json
 from collections.abc import Iterable
 from typing import Any
 
 from conversations.models import Conversation, Turn
-from conversations.selectors import turn_cost, turns_in_order
+from conversations.selectors import turn_cost, turn_versions, turns_in_tree_order
 
 
 def _turn_data(turn: Turn) -> dict[str, Any]:
     data: dict[str, Any] = {
+        "id": turn.pk,
+        "parent": turn.parent_id,
+        "on_path": turn.on_path,
         "position": turn.position,
         "role": turn.role,
         "content": turn.content,
@@ -47,23 +54,48 @@ def conversation_as_dict(conversation: Conversation) -> dict[str, Any]:
         "system_prompt": conversation.system_prompt,
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
-        "turns": [_turn_data(turn) for turn in turns_in_order(conversation=conversation)],
+        "turns": [_turn_data(turn) for turn in turns_in_tree_order(conversation=conversation)],
     }
 
 
+def _turn_markdown(turn: Turn, *, level: str, after: str = "") -> list[str]:
+    who = "You" if turn.role == Turn.Role.USER else f"Assistant ({turn.model}, {turn.state})"
+    versions = turn_versions(turn)
+    if versions:
+        who += f", version {versions.number} of {versions.count}"
+    lines = ["", f"{level} {who}{after}", "", turn.content]
+    if turn.error_message:
+        lines += ["", f"> {turn.error_message}"]
+    billed = turn_cost(turn)
+    if billed:
+        lines += ["", f"Cost: {billed}"]
+    return lines
+
+
+def _excerpt(text: str, length: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= length else line[: length - 1] + "…"
+
+
 def conversation_as_markdown(conversation: Conversation) -> str:
+    """The active path, then every other version (depth first), each saying what it
+    follows."""
     lines = [f"# {conversation.display_title}", ""]
     lines.append(f"Owner: {conversation.owner.get_username()} · model: {conversation.model}")
     if conversation.system_prompt:
         lines += ["", f"System prompt: {conversation.system_prompt}"]
-    for turn in turns_in_order(conversation=conversation):
-        who = "You" if turn.role == Turn.Role.USER else f"Assistant ({turn.model}, {turn.state})"
-        lines += ["", f"## {who}", "", turn.content]
-        if turn.error_message:
-            lines += ["", f"> {turn.error_message}"]
-        billed = turn_cost(turn)
-        if billed:
-            lines += ["", f"Cost: {billed}"]
+    turns = turns_in_tree_order(conversation=conversation)
+    by_id = {turn.pk: turn for turn in turns}
+    for turn in turns:
+        if turn.on_path:
+            lines += _turn_markdown(turn, level="##")
+    others = [turn for turn in turns if not turn.on_path]
+    if others:
+        lines += ["", "## Other versions"]
+    for turn in others:
+        parent = by_id.get(turn.parent_id)  # type: ignore[arg-type]
+        follows = f" · after “{_excerpt(parent.content)}”" if parent else " · the first message"
+        lines += _turn_markdown(turn, level="###", after=follows)
     return "\n".join(lines) + "\n"
 
 

@@ -217,9 +217,11 @@ class TestLongConversations:
 
 @pytest.mark.django_db(transaction=True)
 class TestTurnActions:
-    async def test_edit_replaces_later_turns_and_resends(self, conversation, user, fake_provider):
+    async def test_edit_sends_a_new_version_and_keeps_the_old_one(
+        self, conversation, user, fake_provider
+    ):
         first_q, first_a = await sync_to_async(exchange)(conversation, "Frist question", "one")
-        _, second_a = await sync_to_async(exchange)(conversation, "second", "two")
+        second_q, second_a = await sync_to_async(exchange)(conversation, "second", "two")
         fake_provider.script = fake_provider.reply("a fresh answer")
         communicator = await open_chat_socket(conversation, user)
         await communicator.send_to(
@@ -229,14 +231,24 @@ class TestTurnActions:
         )
         frames = await frames_until(communicator, r'data-state="complete"')
         joined = "".join(frames)
-        for removed in (first_a.pk, second_a.pk):
-            assert f'<article id="turn-{removed}" hx-swap-oob="delete">' in joined
-        turns = await get_turns(conversation)
-        assert [(t.role, t.content, t.state) for t in turns] == [
+        for left in (first_q.pk, first_a.pk, second_q.pk, second_a.pk):
+            assert f'<article id="turn-{left}" hx-swap-oob="delete">' in joined
+        assert "2 / 2" in joined and "Previous version" in joined
+        path = await sync_to_async(list)(conversation.turns.filter(on_path=True))
+        assert [(t.role, t.content, t.state) for t in path] == [
             ("user", "First question", "complete"),
             ("assistant", "a fresh answer", "complete"),
         ]
-        assert turns[0].pk == first_q.pk
+        assert path[0].pk != first_q.pk and path[0].parent_id is None
+        assert path[1].parent_id == path[0].pk and path[0].position == first_q.position
+        # Nothing was deleted: the first version and what followed it are all kept.
+        kept = await sync_to_async(list)(conversation.turns.filter(on_path=False))
+        assert [(t.pk, t.content) for t in kept] == [
+            (first_q.pk, "Frist question"),
+            (first_a.pk, "one"),
+            (second_q.pk, "second"),
+            (second_a.pk, "two"),
+        ]
         assert fake_provider.requests[-1].messages == [
             {"role": "user", "content": "First question"}
         ]
@@ -257,11 +269,21 @@ class TestTurnActions:
         assert [t.content for t in await get_turns(conversation)] == ["question", "answer"]
         await communicator.disconnect()
 
-    async def test_regenerate_the_last_reply(self, conversation, user, fake_provider):
-        _, reply = await sync_to_async(exchange)(conversation, "question", "old answer")
+    async def test_regenerate_writes_a_new_version_of_the_last_reply(
+        self, conversation, user, fake_provider
+    ):
+        question, reply = await sync_to_async(exchange)(conversation, "question", "old answer")
         fake_provider.script = fake_provider.reply("new answer")
         communicator = await open_chat_socket(conversation, user)
         await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(reply.pk)}))
-        await frames_until(communicator, r'data-state="complete"')
-        assert [t.content for t in await get_turns(conversation)] == ["question", "new answer"]
+        frames = await frames_until(communicator, r'data-state="complete"')
+        assert f'<article id="turn-{reply.pk}" hx-swap-oob="delete">' in "".join(frames)
+        assert "2 / 2" in frames[-1]
+        path = await sync_to_async(list)(conversation.turns.filter(on_path=True))
+        assert [t.content for t in path] == ["question", "new answer"]
+        versions = await sync_to_async(list)(conversation.turns.filter(parent=question))
+        assert [(t.pk, t.content, t.on_path) for t in versions] == [
+            (reply.pk, "old answer", False),
+            (path[1].pk, "new answer", True),
+        ]
         await communicator.disconnect()

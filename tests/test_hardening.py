@@ -240,10 +240,10 @@ async def test_retries_and_edits_count_against_the_rate_limit(
     )
     await frames_until(communicator, 'data-state="complete"')
     assert len(fake_provider.requests) == 3
-    last = await sync_to_async(conversation.turns.order_by("position").last)()
+    edited, last = await sync_to_async(list)(conversation.turns.filter(on_path=True))
     for frame in (
         {"action": "retry", "turn": last.pk},
-        {"action": "edit", "turn": user_turn.pk, "message": "three"},
+        {"action": "edit", "turn": edited.pk, "message": "three"},
         {"message": "four"},
     ):
         await communicator.send_to(text_data=json.dumps(frame))

@@ -105,7 +105,11 @@ class TestEstimatedSpends:
         assert f"Cost: ${spend.cost_usd:.4f} (estimated)\n" in markdown
 
     def test_a_retried_reply_shows_its_latest_run(self, signed_in, conversation):
-        reply = billed_reply(conversation, input_tokens=1000, output_tokens=2000)
+        # Retry after a failure writes the reply again in its place (Regenerate after
+        # success makes a new version instead, billed on its own).
+        reply = billed_reply(
+            conversation, state="error", input_tokens=1000, output_tokens=2000, content="Use"
+        )
         reply_retry(conversation=conversation, turn_id=reply.pk)
         reply_finish(
             turn_id=reply.pk,

@@ -5,8 +5,10 @@ Run on SQLite and again on PostgreSQL (`make test`); the counts are the same on 
 """
 
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from billing.models import Spend, UserBudget
@@ -93,6 +95,56 @@ def test_the_chat_page_costs_the_same_queries_for_few_or_many_turns(
     page = response.content.decode()
     assert response.status_code == 200
     assert f"message {2 * exchanges - 1}" in page and "rita" in page
+
+
+def linked(conversation: Conversation, turns: list[Turn]) -> list[Turn]:
+    """Store `turns` (their positions set), each following the one before."""
+    made = Turn.objects.bulk_create(turns, batch_size=500)
+    for parent, turn in pairwise(made):
+        turn.parent = parent
+    Turn.objects.bulk_update(made[1:], ["parent"], batch_size=500)
+    return made
+
+
+def long_conversation(owner, *, turns: int, branch_points: int) -> Conversation:
+    """`turns` turns on the active path; at `branch_points` of them, evenly spread,
+    another version (not on the path) with a turn following it."""
+    conversation = Conversation.objects.create(owner=owner, model=SONNET, title="Long")
+    path = linked(
+        conversation,
+        [
+            Turn(conversation=conversation, position=n, content=f"message {n}",
+                 role="user" if n % 2 else "assistant", model="" if n % 2 else SONNET)
+            for n in range(1, turns + 1)
+        ],
+    )  # fmt: skip
+    step = turns // branch_points if branch_points else 0
+    for at in path[::step][:branch_points] if step else []:
+        other = Turn.objects.create(
+            conversation=conversation, parent=at.parent, position=at.position, role=at.role,
+            content=f"other {at.position}", on_path=False, chosen=False,
+        )  # fmt: skip
+        Turn.objects.create(
+            conversation=conversation, parent=other, position=at.position + 1,
+            role="assistant" if at.role == "user" else "user", content="kept", on_path=False,
+        )  # fmt: skip
+    return conversation
+
+
+@pytest.mark.parametrize(("turns", "branch_points"), [(10, 0), (1000, 0), (1000, 50)])
+def test_a_long_conversation_with_versions_opens_with_the_queries_of_a_short_one(
+    signed_in, user, team, django_assert_num_queries, turns, branch_points
+):
+    conversation = long_conversation(user, turns=turns, branch_points=branch_points)
+    with django_assert_num_queries(CHAT_PAGE_QUERIES):
+        response = signed_in.get(f"/conversations/{conversation.pk}/")
+    page = response.content.decode()
+    assert f"message {turns}</" in page and "other 9" not in page
+    # The branch points among the latest turns shown say which version they are.
+    points = [1 + k * turns // branch_points for k in range(branch_points)]
+    shown = [n for n in points if n > turns - settings.CHAT_VISIBLE_TURNS]
+    assert page.count('<span class="version-count">1 / 2</span>') == len(shown)
+    assert len(shown) == (2 if branch_points else 0)
 
 
 @pytest.mark.parametrize("replies", [3, 9])

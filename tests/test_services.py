@@ -212,10 +212,11 @@ def test_a_send_begun_is_stored_streaming_with_its_request_ready(
     Turn.objects.filter(role="assistant").update(state="complete", content="one")
     actor = actor_for_user(user)
     # Lock the conversation and the person, count and record the call, read the
-    # history, the budget (for the hold), insert both turns, the conversation's time,
-    # the budget again (warnings), and the transaction's savepoint pair: none of its
-    # own for the upstream request.
-    with django_assert_num_queries(11):
+    # history, the budget (for the hold), insert both turns (one each: the reply names
+    # the message as its parent), the conversation's time, the budget again
+    # (warnings), and the transaction's savepoint pair: none of its own for the
+    # upstream request.
+    with django_assert_num_queries(12):
         begun = reply_begin(actor=actor, conversation=conversation, action=Send("second"))
 
     stored = Turn.objects.get(pk=begun.reply.pk)

@@ -33,7 +33,7 @@ json_values = st.recursive(
     max_leaves=12,
 )  # fmt: skip
 actions = st.sampled_from(
-    ["send", "retry", "edit", "stop", "sync", "ack", "", None, "SEND", 7, "probe"]
+    ["send", "retry", "edit", "switch", "stop", "sync", "ack", "", None, "SEND", 7, "probe"]
 )
 turn_ids = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -76,7 +76,7 @@ def may_act(frame: str | bytes) -> bool:
         return False
     action = data.get("action") or "send"
     message = data.get("message")
-    if action == "retry":
+    if action in ("retry", "switch"):
         return True
     if action not in ("send", "edit") or not isinstance(message, str):
         return False
@@ -90,8 +90,8 @@ def may_act(frame: str | bytes) -> bool:
 def stored(conversation: Any) -> list[tuple[Any, ...]]:
     return list(
         Turn.objects.filter(conversation_id=conversation.pk)
-        .order_by("position")
-        .values_list("pk", "role", "content")
+        .order_by("pk")
+        .values_list("pk", "role", "content", "on_path", "chosen")
     )
 
 

@@ -7,6 +7,7 @@ request and the person's budget warnings.
 """
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from django.db import transaction
@@ -38,14 +39,16 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """The last reply written again (Retry after a failure, Regenerate after success)."""
+    """The last reply written again: in its place after a failure (Retry), as a new
+    version beside it after success (Regenerate)."""
 
     turn_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class Edit:
-    """A user message changed and sent again; every later turn is replaced."""
+    """A new version of a user message, sent: it and its reply take the old version's
+    place on the active path; the old one and what followed it are kept."""
 
     turn_id: int
     text: str
@@ -68,7 +71,7 @@ class ReplyBegun:
     conversation: Conversation  # as stored now
     added: list[Turn]  # new turns for the pages to append, oldest first
     changed: list[Turn]  # turns the pages show, to replace
-    removed: list[int]  # turns the pages show, to drop
+    removed: list[int]  # turns the pages show, to drop (off the active path, kept)
     reply: Turn  # stored streaming; its runner is launched by the caller
     request: ChatRequest
     warnings: list[str]
@@ -105,10 +108,13 @@ def _store_transcript(
     with transaction.atomic():
         if conversation.turns.exists():
             raise NotEditable
-        Turn.objects.bulk_create(
+        made = Turn.objects.bulk_create(
             Turn(conversation=conversation, position=number, role=role, content=content)
             for number, (role, content) in enumerate(earlier, start=1)
         )
+        for parent, turn in pairwise(made):  # each follows the one before
+            turn.parent = parent
+        Turn.objects.bulk_update(made[1:], ["parent"])
         first = next((content for role, content in earlier if role == Turn.Role.USER), text)
         Conversation.objects.filter(pk=conversation.pk, title="").update(title=title_from(first))
         stored = store_send(conversation=conversation, text=text, actor=actor, started=True)

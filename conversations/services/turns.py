@@ -29,7 +29,9 @@ from ..selectors import (
     history_rows,
     reply_history,
     turn_billed,
-    turns_with_cost,
+    turn_version_ids,
+    turn_versions_known,
+    turns_shown,
 )
 from ..text import UNSTORABLE_MESSAGE, text_is_storable
 
@@ -48,6 +50,15 @@ class ReplyInProgress(SendRefused):
     message = "A reply is still being written. Wait for it, or press Stop."
 
 
+class ReplyInProgressElsewhere(ReplyInProgress):
+    """The reply being written belongs to another version of the conversation."""
+
+    message = (
+        "A reply is still being written in another version of this conversation, and "
+        "a conversation writes one reply at a time. Wait for it, or press Stop."
+    )
+
+
 class SendRateLimited(SendRefused):
     message = "You are sending messages too quickly. Please wait a moment."
 
@@ -58,6 +69,10 @@ class NotRetryable(SendRefused):
 
 class NotEditable(SendRefused):
     message = "That message cannot be edited."
+
+
+class NotSwitchable(SendRefused):
+    message = "That version is not in this conversation."
 
 
 class OverBudget(SendRefused):
@@ -86,8 +101,19 @@ def _lock_idle(conversation: Conversation, *, check: bool = True) -> Conversatio
     """
     locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
     if check and Turn.objects.filter(conversation=locked, state__in=Turn.ACTIVE_STATES).exists():
-        raise ReplyInProgress
+        raise _reply_in_progress(locked.pk)
     return locked
+
+
+def _reply_in_progress(conversation_id: Any) -> ReplyInProgress:
+    """The refusal of a second reply: the one being written is on the path the person
+    sees, or on another version of the conversation (they are told so)."""
+    on_path = (
+        Turn.objects.filter(conversation_id=conversation_id, state__in=Turn.ACTIVE_STATES)
+        .values_list("on_path", flat=True)
+        .first()
+    )
+    return ReplyInProgressElsewhere() if on_path is False else ReplyInProgress()
 
 
 def _check_can_send(conversation: Conversation, actor: Actor | None) -> Actor:
@@ -223,30 +249,33 @@ def store_send(
             _check_model(locked, actor)
             _count_call(locked.owner_id, UpstreamCall.Kind.SEND)
             rows = list(
-                locked.turns.order_by("position").values_list("position", "role", "content")
+                locked.turns.filter(on_path=True)
+                .order_by("position")
+                .values_list("pk", "position", "role", "content")
             )
-            last = rows[-1][0] if rows else 0
+            parent_id, last = rows[-1][:2] if rows else (None, 0)
             held = _hold_budget(
                 locked,
                 actor=actor,
-                prompt=[*(content for _, _, content in rows), text],
+                prompt=[*(content for *_, content in rows), text],
             )
-            user_turn = Turn(
+            user_turn = Turn.objects.create(
                 conversation=locked,
+                parent_id=parent_id,
                 position=last + 1,
                 role=Turn.Role.USER,
                 content=text,
                 state=Turn.State.COMPLETE,
             )
-            reply = Turn(
+            reply = Turn.objects.create(
                 conversation=locked,
+                parent=user_turn,
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
                 cost_reserved=held,
                 **_reply_state(started),
                 **_settings_snapshot(locked),
             )
-            Turn.objects.bulk_create([user_turn, reply])
             update = ["updated_at"]
             if not locked.title:
                 locked.title = title_from(text)
@@ -254,10 +283,10 @@ def store_send(
             locked.save(update_fields=update)
     except IntegrityError as exc:
         # Two sends raced: the one-active-reply constraint let only one through.
-        raise ReplyInProgress from exc
+        raise _reply_in_progress(conversation.pk) from exc
     conversation.title, conversation.updated_at = locked.title, locked.updated_at
     history = history_messages(
-        [(role, content) for _, role, content in rows] + [(Turn.Role.USER.value, text)]
+        [(role, content) for *_, role, content in rows] + [(Turn.Role.USER.value, text)]
     )
     return Stored(locked, [user_turn, reply], [], [], reply, history)
 
@@ -370,11 +399,49 @@ def _reset_reply(
 
 
 def reply_retry(*, conversation: Conversation, turn_id: int, actor: Actor | None = None) -> Turn:
-    """Write the last reply again (Retry, or Regenerate), with the current settings.
+    """Write the last reply again, with the current settings: Retry (a reply that ended
+    without its whole text is written again in its place) or Regenerate (a complete
+    reply is kept, and a new version of it is written beside it).
 
-    Only the last turn, an assistant reply that has ended.
+    Only the last turn of the active path, an assistant reply that has ended.
     """
     return store_retry(conversation=conversation, turn_id=turn_id, actor=actor).reply
+
+
+def _versions_of(turn: Turn) -> list[int]:
+    """The ids of a turn's versions (its siblings and itself), oldest first."""
+    return list(
+        Turn.objects.filter(
+            conversation_id=turn.conversation_id, position=turn.position, parent_id=turn.parent_id
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _new_version(turn: Turn, **fields: Any) -> Turn:
+    """A new version of a turn of the active path, which takes its place there; the
+    turn and what follows it leave the path, kept."""
+    versions = _versions_of(turn)
+    Turn.objects.filter(pk=turn.pk).update(chosen=False)
+    made = Turn.objects.create(
+        conversation_id=turn.conversation_id,
+        parent_id=turn.parent_id,
+        position=turn.position,
+        role=turn.role,
+        **fields,
+    )
+    return turn_versions_known(made, versions=[*versions, made.pk])
+
+
+def _leave_path(conversation: Conversation, *, from_position: int) -> list[int]:
+    """Take the active path's turns from `from_position` on off it; their ids."""
+    later = Turn.objects.filter(
+        conversation=conversation, on_path=True, position__gte=from_position
+    )
+    left = list(later.values_list("pk", flat=True))
+    later.update(on_path=False)
+    return left
 
 
 def store_retry(
@@ -391,7 +458,7 @@ def store_retry(
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             _check_model(locked, actor)
-            last = locked.turns.order_by("-position").first()
+            last = locked.turns.filter(on_path=True).order_by("-position").first()
             if last is None or last.pk != turn_id or last.role != Turn.Role.ASSISTANT:
                 raise NotRetryable
             if last.state not in ended:
@@ -399,13 +466,25 @@ def store_retry(
             _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
             rows = history_rows(conversation_id=locked.pk, before=last.position)
             held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
-            if not _reset_reply(locked, turn_id, ended, held, started):
-                raise NotRetryable
-            locked.save(update_fields=["updated_at"])
+            if last.state == Turn.State.COMPLETE:
+                removed = _leave_path(locked, from_position=last.position)
+                reply = _new_version(
+                    last,
+                    cost_reserved=held,
+                    **_reply_state(started),
+                    **_settings_snapshot(locked),
+                )
+                locked.save(update_fields=["updated_at"])
+                stored = Stored(locked, [reply], [], removed, reply, history_messages(rows))
+            else:
+                if not _reset_reply(locked, turn_id, ended, held, started):
+                    raise NotRetryable
+                locked.save(update_fields=["updated_at"])
+                reply = turns_shown(Turn.objects.filter(pk=turn_id)).get()
+                stored = Stored(locked, [], [reply], [], reply, history_messages(rows))
     except IntegrityError as exc:
-        raise ReplyInProgress from exc
-    reply = Turn.objects.get(pk=turn_id)
-    return Stored(locked, [], [reply], [], reply, history_messages(rows))
+        raise _reply_in_progress(conversation.pk) from exc
+    return stored
 
 
 @dataclass(frozen=True)
@@ -422,9 +501,10 @@ def message_edit(
     text: str,
     actor: Actor | None = None,
 ) -> EditResult:
-    """Change one of the user's messages and resend it: every later turn is replaced."""
+    """Send a new version of one of the user's messages: it takes the old one's place on
+    the active path, with a new reply; the old one and what followed it are kept."""
     stored = store_edit(conversation=conversation, turn_id=turn_id, text=text, actor=actor)
-    return EditResult(user_turn=stored.changed[0], reply=stored.reply, removed=stored.removed)
+    return EditResult(user_turn=stored.added[0], reply=stored.reply, removed=stored.removed)
 
 
 def store_edit(
@@ -443,21 +523,20 @@ def store_edit(
             locked = _lock_idle(conversation)
             _check_model(locked, actor)
             user_turn = Turn.objects.filter(
-                conversation=locked, pk=turn_id, role=Turn.Role.USER
+                conversation=locked, pk=turn_id, role=Turn.Role.USER, on_path=True
             ).first()
             if user_turn is None:
                 raise NotEditable
             _count_call(locked.owner_id, UpstreamCall.Kind.EDIT)
-            later = Turn.objects.filter(conversation=locked, position__gt=user_turn.position)
-            removed = list(later.values_list("pk", flat=True))
-            later.delete()
-            user_turn.content = text
-            user_turn.save(update_fields=["content"])
-            rows = history_rows(conversation_id=locked.pk, before=user_turn.position + 1)
+            rows = history_rows(conversation_id=locked.pk, before=user_turn.position)
+            rows.append((Turn.Role.USER.value, text))
             held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
+            removed = _leave_path(locked, from_position=user_turn.position)
+            edited = _new_version(user_turn, content=text, state=Turn.State.COMPLETE)
             reply = Turn.objects.create(
                 conversation=locked,
-                position=user_turn.position + 1,
+                parent=edited,
+                position=edited.position + 1,
                 role=Turn.Role.ASSISTANT,
                 cost_reserved=held,
                 **_reply_state(started),
@@ -465,8 +544,65 @@ def store_edit(
             )
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
-        raise ReplyInProgress from exc
-    return Stored(locked, [reply], [user_turn], removed, reply, history_messages(rows))
+        raise _reply_in_progress(conversation.pk) from exc
+    return Stored(locked, [edited, reply], [], removed, reply, history_messages(rows))
+
+
+def path_switch(*, conversation: Conversation, turn_id: int) -> list[int]:
+    """Show another version: the active path goes through `turn_id`, then on down the
+    versions last chosen after it (the rest of that branch). Returns the new path's
+    ids, oldest first. Nothing is written for a turn already on the path.
+
+    One read of the tree's links (ids and flags, no text) and at most four UPDATEs,
+    however long the conversation.
+    """
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        links = {
+            pk: (parent, position, chosen, on_path)
+            for pk, parent, position, chosen, on_path in locked.turns.order_by("pk").values_list(
+                "pk", "parent_id", "position", "chosen", "on_path"
+            )
+        }
+        if turn_id not in links:
+            raise NotSwitchable
+        path, at = [], links[turn_id][0]
+        while at is not None:  # the ancestors
+            path.append(at)
+            at = links[at][0]
+        path.reverse()
+        followers: dict[int | None, list[int]] = {}
+        versions: dict[tuple[int | None, int], list[int]] = {}
+        for pk, (parent, position, _, _) in links.items():
+            followers.setdefault(parent, []).append(pk)
+            versions.setdefault((parent, position), []).append(pk)
+        at = turn_id
+        while True:
+            path.append(at)
+            after = followers.get(at)
+            if not after:
+                break
+            at = next((pk for pk in after if links[pk][2]), after[-1])
+        chosen = [pk for pk in path if not links[pk][2]]
+        unchosen = [
+            other
+            for pk in chosen
+            for other in versions[links[pk][:2]]
+            if other != pk and links[other][2]
+        ]
+        on = set(path)
+        leaving = [pk for pk, link in links.items() if link[3] and pk not in on]
+        joining = [pk for pk in path if not links[pk][3]]
+        # Off first: the constraints allow one chosen version, one turn per depth of the path.
+        for ids, fields in (
+            (unchosen, {"chosen": False}),
+            (chosen, {"chosen": True}),
+            (leaving, {"on_path": False}),
+            (joining, {"on_path": True}),
+        ):
+            if ids:
+                Turn.objects.filter(pk__in=ids).update(**fields)
+    return path
 
 
 INTERRUPTED_MESSAGE = "The server stopped while writing this reply."
@@ -491,7 +627,7 @@ def reply_sweep_stale(*, stale_after: float, alive: Iterable[int] = ()) -> list[
             ):
                 spend_record(Turn.objects.select_related("conversation__owner").get(pk=turn_id))
                 # Text that was streamed was billed: the pages are shown that cost.
-                swept.append(turns_with_cost(Turn.objects.all()).get(pk=turn_id))
+                swept.append(turns_shown(Turn.objects.all()).get(pk=turn_id))
     return swept
 
 
@@ -532,5 +668,5 @@ def reply_finish(*, turn_id: int, outcome: ReplyOutcome) -> Turn | None:
         spend = spend_record(turn)
         Conversation.objects.filter(pk=turn.conversation_id).update(updated_at=now)
     turn.conversation.updated_at = now
-    # With what was just billed, for the pages' final fragment.
-    return turn_billed(turn, spend)
+    # With what was just billed and its versions, for the pages' final fragment.
+    return turn_versions_known(turn_billed(turn, spend), versions=turn_version_ids(turn))

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 
 from ..rendering import render_markdown, render_partial_markdown
-from ..selectors import turn_cost
+from ..selectors import TurnVersions, turn_cost, turn_versions
 
 register = template.Library()
 
@@ -34,6 +34,13 @@ def cost(turn: Any) -> str:
     when nothing was billed. The turn comes from `turns_with_cost` (no query here)."""
     billed = turn_cost(turn)
     return str(billed) if billed else ""
+
+
+@register.filter
+def versions(turn: Any) -> TurnVersions | None:
+    """Where a turn stands among its versions (None: it has no other); the turn comes
+    from `turns_shown` (no query here)."""
+    return turn_versions(turn)
 
 
 @register.simple_tag

@@ -36,6 +36,8 @@ PATHS = {
     "download": "M12 4v11M7 10l5 5 5-5M5 20h14",
     "user": "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM4 21a8 8 0 0 1 16 0",
     "arrow-down": "M12 5v14M6 13l6 6 6-6",
+    "chevron-left": "M15 6l-6 6 6 6",
+    "chevron-right": "M9 6l6 6-6 6",
     "send": "M4 12l16-8-6 16-2-7-8-1z",
     "keyboard": "M3 6h18v12H3zM7 10h0M11 10h0M15 10h0M7 14h10",
 }

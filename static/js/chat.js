@@ -153,12 +153,19 @@
 
   var received = 0, acked = 0;
   var ACK_EVERY = 65536;
+  var socket = null;
 
   document.addEventListener("htmx:wsClose", function () { connection("Reconnecting…"); });
   document.addEventListener("htmx:wsError", function () { connection("Reconnecting…"); });
   document.addEventListener("htmx:wsOpen", function (event) {
     connection("");
     received = 0; acked = 0;
+    socket = event.detail.socketWrapper;
+    sync();
+  });
+
+  function sync() {
+    if (!socket) { return; }
     var turns = document.querySelectorAll("#turns article[id^='turn-']");
     var shown = [], last = null;
     turns.forEach(function (article) {
@@ -168,7 +175,35 @@
       var state = article.dataset.state;
       if (state === "pending" || state === "streaming") { shown.push(id); }
     });
-    event.detail.socketWrapper.send(JSON.stringify({ action: "sync", turns: shown, last: last }));
+    socket.send(JSON.stringify({ action: "sync", turns: shown, last: last }));
+  }
+
+  // Another version was shown (here or in another tab): load the active path again,
+  // then sync, as after a reconnect. Focus goes back to the version button pressed.
+  var switching = null;
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form.classList && form.classList.contains("version-form")) {
+      var button = form.querySelector("button");
+      switching = { turn: form.elements.turn.value, title: button ? button.title : "" };
+    }
+  }, true);
+
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var marker = document.getElementById("path-changed");
+    var url = marker && marker.dataset.load;
+    if (!url) { return; }
+    delete marker.dataset.load;
+    var pressed = switching;
+    switching = null;
+    htmx.ajax("GET", url, { target: "#turns", swap: "innerHTML" }).then(function () {
+      sync();
+      if (!pressed) { return; }
+      var buttons = document.querySelectorAll("#turn-" + pressed.turn + " .version-form button");
+      var again = Array.prototype.filter.call(buttons, function (b) { return b.title === pressed.title && !b.disabled; })[0]
+        || Array.prototype.filter.call(buttons, function (b) { return !b.disabled; })[0];
+      if (again) { again.focus(); }
+    });
   });
 
   // Acknowledge what was read, so the server can tell a page that reads from a
