@@ -86,7 +86,11 @@ def _conversations(users: list[dict[str, Any]], count: int) -> list[str]:
     return [str(conversation.pk) for conversation in made]
 
 
-def _long(owner_id: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
+def _long(owner_id: int, sizes: list[str]) -> dict[str, dict[str, Any]]:
+    """A conversation per size: `N` turns on one path, or `N/B` with B branch points
+    spread along it (another version of that turn, off the path, with a turn after it)."""
+    from itertools import pairwise
+
     from django.conf import settings
 
     from conversations.models import Conversation, Turn
@@ -94,11 +98,13 @@ def _long(owner_id: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
 
     examples = list(SEED_REPLIES.items())
     out = {}
-    for size in sizes:
+    for label in sizes:
+        turns_text, _, points_text = label.partition("/")
+        size, branch_points = int(turns_text), int(points_text or 0)
         conversation = Conversation.objects.create(
             owner_id=owner_id,
             model=SONNET,
-            title=f"{size} turns",
+            title=f"{label} turns",
             max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
         )
         turns = []
@@ -129,10 +135,22 @@ def _long(owner_id: int, sizes: list[int]) -> dict[str, dict[str, Any]]:
                         stop_reason="end_turn",
                     )
                 )
-        Turn.objects.bulk_create(turns, batch_size=500)
-        last = Turn.objects.filter(conversation=conversation).order_by("-position").first()
-        assert last is not None
-        out[str(size)] = {"conversation": str(conversation.pk), "turn": last.pk}
+        made = Turn.objects.bulk_create(turns, batch_size=500)
+        for parent, turn in pairwise(made):
+            turn.parent = parent
+        Turn.objects.bulk_update(made[1:], ["parent"], batch_size=500)
+        for at in made[:: size // branch_points][:branch_points] if branch_points else []:
+            other = Turn.objects.create(
+                conversation=conversation, parent=at.parent, position=at.position,
+                role=at.role, content=at.content, state=at.state, model=at.model,
+                on_path=False, chosen=False,
+            )  # fmt: skip
+            Turn.objects.create(
+                conversation=conversation, parent=other, position=at.position + 1,
+                role=made[at.position].role if at.position < size else Turn.Role.USER,
+                content="kept", on_path=False,
+            )  # fmt: skip
+        out[label] = {"conversation": str(conversation.pk), "turn": made[-1].pk}
     return out
 
 
@@ -170,7 +188,7 @@ def main() -> None:
     # The long conversations belong to a user of their own: their many recent turns
     # would count against the per-user send rate limit of the chatting users.
     reader = _users(1, prefix="reader-")[0]
-    long = _long(reader["id"], [int(n) for n in spec.get("long", [])])
+    long = _long(reader["id"], [str(n) for n in spec.get("long", [])])
     counted = _sqlite_write_counter() if spec.get("count_writes") else []
     out = {"users": users, "reader": reader, "sets": sets, "long": long, "counted_tables": counted}
     json.dump(out, sys.stdout)

@@ -34,7 +34,8 @@ from .profile import summarise
 ROOT = procs.ROOT
 SONNET = "anthropic/claude-sonnet-4"
 MESSAGE = "What are the three laws of thermodynamics?"
-LONG_SIZES = (10, 100, 1000)
+# Turns on the active path; "1000/50": with 50 branch points (versions off the path).
+LONG_SIZES = ("10", "100", "1000", "1000/50")
 WARMUP_CHATS = 5
 PROFILE_LEVEL = 100
 PROFILE_ROUNDS = 3

@@ -51,7 +51,7 @@ def test_regenerate_and_edit(page, emulator) -> None:
     first_user = page.locator('article[data-role="user"]').first
     first_user.get_by_role("button", name="Edit").click()
     editor = first_user.get_by_label("Edit message")
-    assert first_user.get_by_text("Sending replaces every reply after this message.").is_visible()
+    assert first_user.get_by_text("Sending makes a new version; this one is kept").is_visible()
     editor.fill("Question one, edited")
     emulator.enqueue(Behaviour(text="Answer to the edited question."))
     first_user.get_by_role("button", name="Save and resend").click()
