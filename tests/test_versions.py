@@ -244,3 +244,26 @@ def test_any_sequence_keeps_one_whole_path_and_every_turn(
         for turn in conversation.turns.all():  # nothing is ever deleted or rewritten
             assert seen.setdefault(turn.pk, turn.content) == turn.content
         assert len(seen) == conversation.turns.count()
+
+
+def test_an_api_continuation_reads_the_active_path(three_exchanges, user) -> None:
+    from api.calls import ApiCall
+    from api.services import api_reply_begin
+    from api.tokens import token_create
+    from conversations.replies import reply_not_starting
+
+    conversation, turns = three_exchanges
+    edited = message_edit(conversation=conversation, turn_id=turns[2].pk, text="Q2 again")
+    answer(edited.reply, "A2 again")
+    path_switch(conversation=conversation, turn_id=turns[2].pk)
+    token, _ = token_create(owner=user, name="script")
+    call = ApiCall(
+        model=SONNET,
+        messages=[("user", "ignored history"), ("user", "Q4")],
+        max_tokens=100,
+        conversation_id=str(conversation.pk),
+    )
+    begun = api_reply_begin(token=token, call=call)
+    reply_not_starting(begun.reply.pk)  # no runner here
+    assert [m["content"] for m in begun.request.messages] == [*THREE, "Q4"]
+    assert begun.added[0].parent_id == turns[-1].pk
