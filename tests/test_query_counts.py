@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 
 from billing.models import Spend, UserBudget
 from conversations.models import Conversation, Preset, Turn
-from conversations.selectors import turn_cost
+from conversations.selectors import TurnVersions, turn_cost, turn_versions
 from conversations.services import ReplyOutcome, reply_finish, turn_checkpoints
 from review.models import Feedback, ReviewAccess
 from teams.models import Membership, Team
@@ -29,8 +29,9 @@ CHAT_PAGE_QUERIES = 6 + 3
 # since the test itself runs in a transaction).
 CHECKPOINT_BATCH_QUERIES = 3 + 2
 # End a reply: its final state, read it back with its conversation and owner, the
-# owner's team, the ledger row, the conversation's activity (plus savepoint/release).
-REPLY_FINISH_QUERIES = 5 + 2
+# owner's team, the ledger row, the conversation's activity, the reply's versions (plus
+# savepoint/release).
+REPLY_FINISH_QUERIES = 6 + 2
 
 
 @pytest.fixture
@@ -177,15 +178,29 @@ def test_a_checkpoint_batch_is_three_statements_for_any_number_of_replies(
 
 
 @pytest.mark.parametrize("member", [False, True])
-def test_ending_a_reply_costs_five_statements_and_shows_what_the_ledger_billed(
+def test_ending_a_reply_costs_six_statements_and_shows_what_the_ledger_billed(
     user, django_assert_num_queries, request, member
 ):
     if member:
         request.getfixturevalue("team")
     conversation = conversation_with_turns(user, 0, title="Chat")
-    Turn.objects.create(conversation=conversation, position=0, role="user", content="Hi")
+    asked = Turn.objects.create(conversation=conversation, position=0, role="user", content="Hi")
+    earlier = Turn.objects.create(  # Regenerate was pressed: the first version stays
+        conversation=conversation,
+        parent=asked,
+        position=1,
+        role="assistant",
+        content="Hey.",
+        chosen=False,
+        on_path=False,
+    )
     reply = Turn.objects.create(
-        conversation=conversation, position=1, role="assistant", state="streaming", model=SONNET
+        conversation=conversation,
+        parent=asked,
+        position=1,
+        role="assistant",
+        state="streaming",
+        model=SONNET,
     )
     outcome = ReplyOutcome(state="complete", content="Hello!", input_tokens=12, output_tokens=3)
     with django_assert_num_queries(REPLY_FINISH_QUERIES):
@@ -195,4 +210,5 @@ def test_ending_a_reply_costs_five_statements_and_shows_what_the_ledger_billed(
     assert (spend.team_id is not None) is member
     billed = turn_cost(ended)
     assert billed is not None and billed.usd == spend.cost_usd and not billed.estimated
+    assert turn_versions(ended) == TurnVersions(number=2, count=2, previous=earlier.pk, next=None)
     assert reply_finish(turn_id=reply.pk, outcome=outcome) is None  # it ends once
