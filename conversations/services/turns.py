@@ -408,21 +408,10 @@ def reply_retry(*, conversation: Conversation, turn_id: int, actor: Actor | None
     return store_retry(conversation=conversation, turn_id=turn_id, actor=actor).reply
 
 
-def _versions_of(turn: Turn) -> list[int]:
-    """The ids of a turn's versions (its siblings and itself), oldest first."""
-    return list(
-        Turn.objects.filter(
-            conversation_id=turn.conversation_id, position=turn.position, parent_id=turn.parent_id
-        )
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-
-
 def _new_version(turn: Turn, **fields: Any) -> Turn:
     """A new version of a turn of the active path, which takes its place there; the
     turn and what follows it leave the path, kept."""
-    versions = _versions_of(turn)
+    versions = turn_version_ids(turn)
     Turn.objects.filter(pk=turn.pk).update(chosen=False)
     made = Turn.objects.create(
         conversation_id=turn.conversation_id,
