@@ -8,7 +8,7 @@ worst-case cost in the ledger before its call and settled after it.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -127,13 +127,15 @@ class BudgetExceeded(Exception):
         self.message = message
 
 
-def budget_hold(*, actor: Actor, cost: Decimal) -> None:
-    """Refuse, with a clear message, a reply that could take a budget past its limit.
+def budget_hold(*, actor: Actor, cost: Decimal) -> list[Allowance]:
+    """Refuse, with a clear message, a reply that could take a budget past its limit;
+    else the budgets as they stand with it held (for `budget_warnings`).
 
     Call inside the transaction that stores the reply: it locks the budget rows,
     so concurrent sends are checked one after another.
     """
-    for allowance in allowances_for(actor=actor, lock=True):
+    allowances = allowances_for(actor=actor, lock=True)
+    for allowance in allowances:
         if allowance.used + cost > allowance.budget:
             if allowance.left <= 0:
                 raise BudgetExceeded(
@@ -144,12 +146,15 @@ def budget_hold(*, actor: Actor, cost: Decimal) -> None:
                 f"left of {allowance.label.lower()} this month. Lower “Max tokens” or ask an "
                 f"admin."
             )
+    return [replace(allowance, held=allowance.held + cost) for allowance in allowances]
 
 
-def budget_warnings(*, actor: Actor) -> list[str]:
+def budget_warnings(allowances: list[Allowance]) -> list[str]:
+    """What a person is told of budgets nearly spent, from `allowances` as `budget_hold`
+    returned them."""
     return [
         f"{a.label}: {a.percent}% used (${a.used:.2f} of ${a.budget:.2f} this month)."
-        for a in allowances_for(actor=actor)
+        for a in allowances
         if a.budget and a.used >= a.budget * WARN_FRACTION
     ]
 

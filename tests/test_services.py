@@ -212,11 +212,10 @@ def test_a_send_begun_is_stored_streaming_with_its_request_ready(
     Turn.objects.filter(role="assistant").update(state="complete", content="one")
     actor = actor_for_user(user)
     # Lock the conversation and the person, count and record the call, read the
-    # history, the budget (for the hold), insert both turns (one each: the reply names
-    # the message as its parent), the conversation's time, the budget again
-    # (warnings), and the transaction's savepoint pair: none of its own for the
-    # upstream request.
-    with django_assert_num_queries(12):
+    # history, the budget (for the hold, and its warnings), insert both turns (one
+    # each: the reply names the message as its parent), the conversation's time, and
+    # the transaction's savepoint pair: none of its own for the upstream request.
+    with django_assert_num_queries(11):
         begun = reply_begin(actor=actor, conversation=conversation, action=Send("second"))
 
     stored = Turn.objects.get(pk=begun.reply.pk)
@@ -240,10 +239,10 @@ def test_a_retry_begun_reads_the_history_once(
     Turn.objects.filter(pk=reply.pk).update(state="error", content="")
     actor = actor_for_user(user)
     # Lock the conversation, read the last turn, lock the person, count and record
-    # the call, read the history (once: for the hold and the request), the budget,
-    # reset the reply, the conversation's time, read the reply back, the budget again
-    # (warnings), and the savepoint pair.
-    with django_assert_num_queries(13):
+    # the call, read the history (once: for the hold and the request), the budget (for
+    # the hold, and its warnings), reset the reply, the conversation's time, read the
+    # reply back, and the savepoint pair.
+    with django_assert_num_queries(12):
         begun = reply_begin(actor=actor, conversation=conversation, action=Retry(reply.pk))
     assert begun.changed == [begun.reply] and begun.reply.state == "streaming"
     assert begun.request.messages == [{"role": "user", "content": "first"}]

@@ -8,12 +8,19 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from billing.budgets import allowances_for
+from billing.budgets import WARN_FRACTION, allowances_for, budget_warnings
 from billing.models import Spend, UserBudget
 from conversations.actors import actor_for_user
 from conversations.gateway import Finished, ResponseStarted, TextDelta, Usage
 from conversations.models import Conversation, Preset
-from conversations.services import ReplyOutcome, conversation_create, message_send, reply_finish
+from conversations.services import (
+    ReplyOutcome,
+    Send,
+    conversation_create,
+    message_send,
+    reply_begin,
+    reply_finish,
+)
 from conversations.services.turns import OverBudget
 from teams.models import Membership, Team
 from tests.conftest import HAIKU, SONNET, chat_socket_accepted, frames_until, open_chat_socket
@@ -102,6 +109,35 @@ class TestBudgets:
         page = client.get("/").content.decode()
         assert "Your budget: $1.80 of $2.00 (90%)" in page
         assert 'class="warning"' in page
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize("team_spent", ["0", "0.60", "0.80"])
+@pytest.mark.parametrize("own_spent", [None, "0.10", "0.90"])
+def test_the_warnings_of_a_send_are_the_budgets_as_they_stand_after_it(
+    user, team, conversation, own_spent, team_spent
+):
+    """Warnings come from the hold itself (no second read): the same as reading the
+    budgets again once the reply is stored and held, for one's own and the team's."""
+    team.monthly_budget_usd = Decimal("1")
+    team.save()
+    if own_spent is not None:
+        UserBudget.objects.create(user=user, monthly_budget_usd=Decimal("2"))
+        Spend.objects.create(user=user, model=SONNET, cost_usd=Decimal(own_spent))
+    Spend.objects.create(user=user, team=team, model=SONNET, cost_usd=Decimal(team_spent))
+    conversation.max_tokens = 10_000  # a hold of about $0.15 (Sonnet 4: $15 per million out)
+    conversation.save()
+    actor = actor_for_user(user)
+    begun = reply_begin(actor=actor, conversation=conversation, action=Send("hi"))
+    hold = begun.reply.cost_reserved
+    assert hold > Decimal("0.1")
+    assert begun.warnings == budget_warnings(allowances_for(actor=actor))
+    budgets = [(Decimal(team_spent), 1)]  # the team's: its row
+    if own_spent is not None:
+        budgets.append((Decimal(own_spent) + Decimal(team_spent), 2))  # the person's: both
+    expected = sum(spent + hold >= size * WARN_FRACTION for spent, size in budgets)
+    assert len(begun.warnings) == expected
 
 
 @pytest.mark.django_db(transaction=True)

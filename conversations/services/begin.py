@@ -12,8 +12,6 @@ from typing import Any
 
 from django.db import transaction
 
-from billing.budgets import budget_warnings
-
 from ..actors import Actor
 from ..gateway import ChatRequest
 from ..models import Conversation, Turn
@@ -135,7 +133,7 @@ def reply_begin(*, actor: Actor, conversation: Conversation, action: ReplyAction
         removed=stored.removed,
         reply=stored.reply,
         request=reply_request(turn=stored.reply, history=stored.history),
-        warnings=budget_warnings(actor=actor),
+        warnings=stored.warnings,
     )
 
 

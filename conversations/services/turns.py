@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django.utils import timezone
 from billing.budgets import (
     BudgetExceeded,
     budget_hold,
+    budget_warnings,
     prompt_bound,
     reply_worst_cost,
     spend_record,
@@ -167,7 +169,13 @@ def upstream_calls_prune() -> int:
     return deleted
 
 
-def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -> Any:
+@dataclass(frozen=True)
+class Hold:
+    cost: Decimal  # the reply's worst case, held while it is written (`cost_reserved`)
+    warnings: list[str]  # budgets nearly spent, with this hold
+
+
+def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -> Hold:
     """Inside the storing transaction: hold the reply's worst-case cost, or refuse.
 
     `prompt`: the texts the upstream will read (history and new message); the
@@ -179,10 +187,10 @@ def _hold_budget(locked: Conversation, *, actor: Actor, prompt: Iterable[str]) -
         prompt_tokens=prompt_bound(system=locked.system_prompt, messages=prompt),
     )
     try:
-        budget_hold(actor=actor, cost=cost)
+        allowances = budget_hold(actor=actor, cost=cost)
     except BudgetExceeded as exc:
         raise OverBudget(exc.message) from exc
-    return cost
+    return Hold(cost, budget_warnings(allowances))
 
 
 def _settings_snapshot(conversation: Conversation) -> dict[str, Any]:
@@ -216,6 +224,7 @@ class Stored:
     removed: list[int]  # turns that are gone
     reply: Turn
     history: list[dict[str, str]]  # the upstream messages, read while storing
+    warnings: list[str]  # budgets nearly spent, with this reply held
 
 
 def message_send(
@@ -254,7 +263,7 @@ def store_send(
                 .values_list("pk", "position", "role", "content")
             )
             parent_id, last = rows[-1][:2] if rows else (None, 0)
-            held = _hold_budget(
+            hold = _hold_budget(
                 locked,
                 actor=actor,
                 prompt=[*(content for *_, content in rows), text],
@@ -272,7 +281,7 @@ def store_send(
                 parent=user_turn,
                 position=last + 2,
                 role=Turn.Role.ASSISTANT,
-                cost_reserved=held,
+                cost_reserved=hold.cost,
                 **_reply_state(started),
                 **_settings_snapshot(locked),
             )
@@ -288,7 +297,7 @@ def store_send(
     history = history_messages(
         [(role, content) for *_, role, content in rows] + [(Turn.Role.USER.value, text)]
     )
-    return Stored(locked, [user_turn, reply], [], [], reply, history)
+    return Stored(locked, [user_turn, reply], [], [], reply, history, hold.warnings)
 
 
 def reply_request(*, turn: Turn, history: list[dict[str, str]] | None = None) -> ChatRequest:
@@ -376,7 +385,7 @@ def reply_stop_request(*, conversation_id: Any) -> Turn | None:
 
 
 def _reset_reply(
-    locked: Conversation, turn_id: int, states: tuple[str, ...], held: Any, started: bool
+    locked: Conversation, turn_id: int, states: tuple[str, ...], held: Decimal, started: bool
 ) -> bool:
     """Make an ended reply new again, with the conversation's current settings."""
     state = _reply_state(started)
@@ -454,23 +463,27 @@ def store_retry(
                 raise NotRetryable
             _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
             rows = history_rows(conversation_id=locked.pk, before=last.position)
-            held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
+            hold = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
             if last.state == Turn.State.COMPLETE:
                 removed = _leave_path(locked, from_position=last.position)
                 reply = _new_version(
                     last,
-                    cost_reserved=held,
+                    cost_reserved=hold.cost,
                     **_reply_state(started),
                     **_settings_snapshot(locked),
                 )
                 locked.save(update_fields=["updated_at"])
-                stored = Stored(locked, [reply], [], removed, reply, history_messages(rows))
+                stored = Stored(
+                    locked, [reply], [], removed, reply, history_messages(rows), hold.warnings
+                )
             else:
-                if not _reset_reply(locked, turn_id, ended, held, started):
+                if not _reset_reply(locked, turn_id, ended, hold.cost, started):
                     raise NotRetryable
                 locked.save(update_fields=["updated_at"])
                 reply = turns_shown(Turn.objects.filter(pk=turn_id)).get()
-                stored = Stored(locked, [], [reply], [], reply, history_messages(rows))
+                stored = Stored(
+                    locked, [], [reply], [], reply, history_messages(rows), hold.warnings
+                )
     except IntegrityError as exc:
         raise _reply_in_progress(conversation.pk) from exc
     return stored
@@ -519,7 +532,7 @@ def store_edit(
             _count_call(locked.owner_id, UpstreamCall.Kind.EDIT)
             rows = history_rows(conversation_id=locked.pk, before=user_turn.position)
             rows.append((Turn.Role.USER.value, text))
-            held = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
+            hold = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
             removed = _leave_path(locked, from_position=user_turn.position)
             edited = _new_version(user_turn, content=text, state=Turn.State.COMPLETE)
             reply = Turn.objects.create(
@@ -527,14 +540,16 @@ def store_edit(
                 parent=edited,
                 position=edited.position + 1,
                 role=Turn.Role.ASSISTANT,
-                cost_reserved=held,
+                cost_reserved=hold.cost,
                 **_reply_state(started),
                 **_settings_snapshot(locked),
             )
             locked.save(update_fields=["updated_at"])
     except IntegrityError as exc:
         raise _reply_in_progress(conversation.pk) from exc
-    return Stored(locked, [edited, reply], [], removed, reply, history_messages(rows))
+    return Stored(
+        locked, [edited, reply], [], removed, reply, history_messages(rows), hold.warnings
+    )
 
 
 def path_switch(*, conversation: Conversation, turn_id: int) -> list[int]:
