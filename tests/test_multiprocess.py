@@ -130,6 +130,44 @@ def test_stop_from_the_other_process(servers, emu, database) -> None:
     assert question == "a long one" and state == "cancelled" and stored.startswith("tok0 tok1")
 
 
+def test_a_version_switched_on_one_process_is_followed_by_a_page_on_the_other(
+    servers, emu, database
+) -> None:
+    a, b = servers
+    emu.clear()
+    emu.default = Behaviour(tokens=5, token_delay=0.01)
+    client = a.login("alice")
+    conversation_id = create_conversation(client, model=SONNET)
+
+    async def scenario() -> tuple[int, str]:
+        async with ChatSocket(a, client, conversation_id) as sender:
+            await sender.send(message="one question")
+            await sender.until_final()
+            first = max(sender.texts)
+            await sender.send(action="retry", turn=str(first))  # Regenerate: a second version
+            await sender.until_final()
+            async with ChatSocket(b, client, conversation_id) as watcher:
+                await sender.send(action="switch", turn=str(first))
+                return first, await watcher.until(r'id="path-changed"', timeout=10)
+
+    first, frame = asyncio.run(scenario())
+    assert f"/conversations/{conversation_id}/turns/" in frame
+    import psycopg
+
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT id, role, on_path FROM conversations_turn WHERE conversation_id = %s "
+            "ORDER BY id",
+            (conversation_id,),
+        ).fetchall()
+    assert [(role, on_path) for _, role, on_path in rows] == [
+        ("user", True), ("assistant", True), ("assistant", False),
+    ]  # fmt: skip
+    assert rows[1][0] == first  # the first version is shown again; both are kept
+    page = client.get(f"/conversations/{conversation_id}/turns/").text
+    assert "1 / 2" in page
+
+
 def test_fifty_people_chatting_at_once_across_both_processes(servers, emu, database) -> None:
     a, b = servers
     emu.clear()
