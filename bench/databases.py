@@ -16,6 +16,8 @@ from pathlib import Path
 
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BENCH_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The throwaway database is `<prefix>_<pid>` (several runs on one PostgreSQL keep apart).
+PG_DBNAME_PREFIX = os.environ.get("BENCH_POSTGRES_PREFIX", "chat_bench")
 
 
 @dataclass
@@ -73,13 +75,16 @@ class SqliteDatabase(BenchDatabase):
 
 
 class PostgresDatabase(BenchDatabase):
-    """A database `chat_bench_<pid>` made for this run, with Redis database 15 as channel layer."""
+    """A database `chat_bench_<pid>` made for this run (`BENCH_POSTGRES_PREFIX` changes the
+    prefix), with Redis database 15 as channel layer."""
 
     name = "postgres"
     label = "PostgreSQL + Redis channel layer"
 
     def __init__(self) -> None:
-        self.dbname = f"chat_bench_{os.getpid()}"
+        if not PG_DBNAME_PREFIX.replace("_", "").isalnum():
+            raise RuntimeError("BENCH_POSTGRES_PREFIX: letters, digits and _ only")
+        self.dbname = f"{PG_DBNAME_PREFIX}_{os.getpid()}"
         base = PG_ADMIN_URL.rsplit("/", 1)[0]
         self.url = f"{base}/{self.dbname}"
         self.created = False

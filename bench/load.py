@@ -13,6 +13,15 @@ Two modes, with the same definitions of time to first token (TTFT) and total tim
   (``content_block_delta``); total = until the end of the chunked stream. The
   same mode drives the server's own API (``/v1/chat/completions``, streamed): the
   job then names the body, a token per client and the marks of the OpenAI shape.
+  With ``tls_ca`` (a CA file), the streams go over TLS, verified against that CA.
+- ``ws-open``: the open loop. Each chat has an arrival time (``at``, seconds after
+  "go"); at that time it opens its socket, sends when the socket is open and closes
+  it when the reply ends, whatever the others do. TTFT and total are counted from
+  the send, as above; ``arrival`` is the time from the planned arrival to the send
+  (the socket's opening, and any lag of this process).
+
+A chat may name its own ``port`` and ``origin`` (several server processes: the chats
+are split between them).
 
 Both are ``asyncio.Protocol`` parsers (no per-frame coroutine switches, timestamps
 taken when bytes arrive), so the generator stays cheap next to the server.
@@ -32,6 +41,7 @@ import base64
 import json
 import os
 import resource
+import ssl
 import sys
 import time
 from typing import Any
@@ -99,7 +109,7 @@ class Chat(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        host, port = self.job["host"], self.job["port"]
+        host, port = self.job["host"], self.chat.get("port", self.job["port"])
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET {self.chat['path']} HTTP/1.1\r\n"
@@ -108,7 +118,7 @@ class Chat(asyncio.Protocol):
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            f"Origin: {self.job['origin']}\r\n"
+            f"Origin: {self.chat.get('origin', self.job['origin'])}\r\n"
             f"Cookie: {self.chat['cookie']}\r\n"
             "\r\n"
         )
@@ -396,11 +406,19 @@ def _http_request(job: dict[str, Any], token: str) -> bytes:
     return head.encode() + body
 
 
+def _tls_context(job: dict[str, Any]) -> ssl.SSLContext | None:
+    """Verification against the run's own CA only (``tls_ca``), or plain TCP."""
+    return ssl.create_default_context(cafile=job["tls_ca"]) if job.get("tls_ca") else None
+
+
 async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    if job["mode"] == "ws-open":
+        return await run_open(job, commands)
     loop = asyncio.get_running_loop()
     mode = job["mode"]
     gate = asyncio.Semaphore(int(job.get("connect_concurrency", 64)))
     connect_timeout = float(job.get("connect_timeout", 60))
+    tls = _tls_context(job)
     clients: list[Chat | Stream]
     if mode == "ws":
         clients = [Chat(loop, job, chat) for chat in job["chats"]]
@@ -414,10 +432,17 @@ async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, 
     connect_errors: dict[int, str] = {}
 
     async def connect(index: int, client: Chat | Stream) -> None:
+        port = client.chat.get("port", job["port"]) if isinstance(client, Chat) else job["port"]
         async with gate:
             try:
                 await asyncio.wait_for(
-                    loop.create_connection(lambda: client, job["host"], job["port"]),
+                    loop.create_connection(
+                        lambda: client,
+                        job["host"],
+                        port,
+                        ssl=tls,
+                        server_hostname=job["host"] if tls is not None else None,
+                    ),
                     connect_timeout,
                 )
                 await asyncio.wait_for(asyncio.shield(client.connected), connect_timeout)
@@ -457,6 +482,17 @@ async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, 
             results.append(_result(False, None, None, None, "timeout", client.text_frames))
         else:
             results.append(client.result())
+    await _close_all(clients)
+    return {
+        "event": "done",
+        "results": results,
+        "wall_s": wall_s,
+        "connect_s": connect_s,
+        "cpu_s": cpu_s,
+    }
+
+
+async def _close_all(clients: list[Chat] | list[Chat | Stream]) -> None:
     for client in clients:
         client.close()
     pending = [c.closed for c in clients if c.transport is not None and not c.closed.done()]
@@ -465,13 +501,69 @@ async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, 
     for client in clients:
         if client.transport is not None and not client.transport.is_closing():
             client.transport.abort()
-    return {
-        "event": "done",
-        "results": results,
-        "wall_s": wall_s,
-        "connect_s": connect_s,
-        "cpu_s": cpu_s,
-    }
+
+
+async def run_open(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, Any]:
+    """The open loop: every chat arrives at its own time, opens, sends, reads, closes."""
+    loop = asyncio.get_running_loop()
+    connect_timeout = float(job.get("connect_timeout", 60))
+    chats = [Chat(loop, job, chat) for chat in job["chats"]]
+    errors: dict[int, str] = {}
+    arrivals: dict[int, float] = {}
+    _emit({"event": "ready", "connected": 0, "connect_s": 0.0})
+    line = await commands.readline()
+    if line.strip() != b"go":
+        raise SystemExit("no go")
+
+    async def arrive(index: int, client: Chat, planned: float) -> None:
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: client, job["host"], client.chat.get("port", job["port"])
+                ),
+                connect_timeout,
+            )
+            await asyncio.wait_for(asyncio.shield(client.connected), connect_timeout)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            errors[index] = f"connect: {type(exc).__name__} {exc}"[:80]
+            if client.transport is not None:
+                client.transport.abort()
+            return
+        client.send(job["message"])
+        assert client.sent_at is not None
+        arrivals[index] = client.sent_at - planned
+        await client.done
+        client.close()  # a person who read the reply leaves; the server sees the close
+
+    cpu_before = _cpu_seconds()
+    started = time.perf_counter()
+    tasks: list[asyncio.Task[None]] = []
+    # Arrivals in time order: sleep until the next one is due, start it, go on.
+    for index, client in sorted(enumerate(chats), key=lambda item: item[1].chat["at"]):
+        planned = started + float(client.chat["at"])
+        delay = planned - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(arrive(index, client, planned)))
+    deadline = float(job["timeout"])
+    if tasks:
+        await asyncio.wait(tasks, timeout=deadline)
+    wall_s = time.perf_counter() - started
+    cpu_s = _cpu_seconds() - cpu_before
+    results = []
+    for index, client in enumerate(chats):
+        if index in errors:
+            out = _result(False, None, None, None, errors[index], 0)
+        elif not client.done.done():
+            out = _result(False, None, None, None, "timeout", client.text_frames)
+        else:
+            out = client.result()
+        out["arrival"] = None if index not in arrivals else round(arrivals[index], 6)
+        results.append(out)
+    for task in tasks:
+        task.cancel()
+    await _close_all(chats)
+    return {"event": "done", "results": results, "wall_s": wall_s, "connect_s": 0.0, "cpu_s": cpu_s}
 
 
 async def main_async() -> None:

@@ -167,10 +167,11 @@ def rss_mb(pid: int) -> float:
 
 
 class PeakRss:
-    """Samples a process's RSS every `interval` seconds in a thread; keeps the peak."""
+    """Samples the RSS of processes (their sum) every `interval` seconds in a thread;
+    keeps the peak."""
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
-        self.pid = pid
+    def __init__(self, pids: list[int], interval: float = 0.1) -> None:
+        self.pids = pids
         self.interval = interval
         self.peak = 0.0
         self.samples = 0
@@ -178,7 +179,7 @@ class PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
 
     def __enter__(self) -> PeakRss:
-        self.peak = rss_mb(self.pid)
+        self.peak = self._rss()
         self._thread.start()
         return self
 
@@ -186,12 +187,20 @@ class PeakRss:
         self._stop.set()
         self._thread.join(timeout=2)
         with contextlib.suppress(OSError):
-            self.peak = max(self.peak, rss_mb(self.pid))
+            self.peak = max(self.peak, self._rss())
+
+    def _rss(self) -> float:
+        return sum(rss_mb(pid) for pid in self.pids)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.peak = max(self.peak, rss_mb(self.pid))
+                self.peak = max(self.peak, self._rss())
                 self.samples += 1
             except OSError:
                 return
+
+
+def cpu_seconds_of(pids: list[int]) -> float:
+    """utime + stime summed over several processes."""
+    return sum(cpu_seconds(pid) for pid in pids)

@@ -182,3 +182,45 @@ def write(results: dict[str, Any], out_dir: Path, stamp: str) -> list[Path]:
     if plot(results, png_path):
         written.append(png_path)
     return written
+
+
+def open_step_line(step: dict[str, Any]) -> str:
+    cpu = step.get("server_cpu_pct")
+    return (
+        f"  {step['rate']:g}/s: {step['arrivals']} chats, errors={step['errors']} "
+        f"TTFT p50={_cell(step['ttft_ms']['p50'])} p95={_cell(step['ttft_ms']['p95'])} "
+        f"total p95={_cell(step['total_ms']['p95'])} CPU={_cell(cpu)}% "
+        f"-> {'sustained' if step['sustained'] else 'NOT sustained'}"
+        + (f"  {step['error_kinds']}" if step.get("error_kinds") else "")
+    )
+
+
+def open_loop_table(results: dict[str, Any]) -> str:
+    """The open loop: one line per configuration and rate, then the verdict per configuration."""
+    lines = [
+        "| server | db | rate/s | chats | errors | TTFT p50 | TTFT p95 | total p95 "
+        "| arrival p95 | CPU % | sustained |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts = []
+    for entry in results.get("open_loop", []):
+        for step in sorted(entry["steps"], key=lambda s: s["rate"]):
+            lines.append(
+                f"| {entry['server']} | {entry['database']} | {step['rate']:g} | "
+                f"{step['arrivals']} | {step['errors']} | {_cell(step['ttft_ms']['p50'])} | "
+                f"{_cell(step['ttft_ms']['p95'])} | {_cell(step['total_ms']['p95'])} | "
+                f"{_cell((step.get('arrival_ms') or {}).get('p95'))} | "
+                f"{_cell(step.get('server_cpu_pct'))} | {'yes' if step['sustained'] else 'no'} |"
+            )
+        verdicts.append(f"{entry['server']} on {entry['database']}: {open_verdict(entry)}")
+    return "\n".join([*lines, "", *verdicts])
+
+
+def open_verdict(entry: dict[str, Any]) -> str:
+    rate = entry["sustained_rate"]
+    limit = f"highest rate sustained with TTFT p95 <= {entry['ttft_p95_limit_ms']:g} ms: "
+    if rate is None:
+        return limit + "none (not even the lowest rate)"
+    if all(step["sustained"] for step in entry["steps"]):
+        return limit + f"at least {rate:g} chats/s (no rate tried failed: try higher rates)"
+    return limit + f"{rate:g} chats/s"

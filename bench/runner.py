@@ -27,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import procs, report
+from . import openloop, procs, report
 from .databases import BenchDatabase, PostgresDatabase, SqliteDatabase, Writes
 from .profile import summarise
+from .tls import TlsFiles, make_tls_files
 
 ROOT = procs.ROOT
 SONNET = "anthropic/claude-sonnet-4"
@@ -39,7 +40,10 @@ LONG_SIZES = ("10", "100", "1000", "1000/50")
 WARMUP_CHATS = 5
 PROFILE_LEVEL = 100
 PROFILE_ROUNDS = 3
-SERVERS = ("daphne", "uvicorn")
+# "daphne2": two daphne processes on one host, the chats split between them (PostgreSQL +
+# Redis only: the in-memory channel layer does not reach across processes).
+SERVERS = ("daphne", "uvicorn", "daphne2")
+DEFAULT_SERVERS = ("daphne", "uvicorn")
 # Levels at which the API (streamed /v1/chat/completions) is measured too.
 API_LEVELS = (1, 10, 100)
 # The OpenAI shape's marks: a chunk with text, and the end of the stream.
@@ -61,6 +65,14 @@ class Options:
     token_delay: float = 0.01
     long_repeats: int = 20
     uvicorn_ws: str = "websockets"
+    # Also every server against an emulator that serves HTTPS (a trustme CA), and the
+    # direct baseline over TLS: rows labelled "+tls".
+    tls: bool = False
+    # The open loop instead of the levels: Poisson arrivals at rising rates.
+    open_loop: bool = False
+    open_rates: tuple[float, ...] = openloop.DEFAULT_RATES
+    open_step_seconds: float = openloop.DEFAULT_STEP_SECONDS
+    seed: int = 20
     out_dir: Path = ROOT / "var" / "bench"
     say: Callable[[str], None] = print
 
@@ -71,10 +83,29 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    # More processes of the same server (daphne2): the chats are split between them.
+    others: list[Server] = field(default_factory=list)
+    tls: bool = False  # the gateway (the emulator) is reached over HTTPS
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.pid, *(other.pid for other in self.others)]
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *(other.port for other in self.others)]
+
+    @property
+    def label(self) -> str:
+        return server_label(self.kind, self.tls)
+
+
+def server_label(kind: str, tls: bool) -> str:
+    return f"{kind}+tls" if tls else kind
 
 
 @dataclass
@@ -85,6 +116,9 @@ class Run:
     stamp: str
     emulator_port: int = 0
     emulator: subprocess.Popen[bytes] | None = None
+    tls_emulator_port: int = 0
+    tls_emulator: subprocess.Popen[bytes] | None = None
+    tls_files: TlsFiles | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,30 +183,47 @@ def _loadavg() -> list[str]:
 # --- the emulator ----------------------------------------------------------------------
 
 
-def start_emulator(run: Run) -> None:
-    run.emulator_port = procs.free_port()
+def start_emulator(run: Run, tls: TlsFiles | None = None) -> tuple[int, subprocess.Popen[bytes]]:
+    """The gateway emulator on a free port (over HTTPS with `tls`); returns when it listens."""
+    port = procs.free_port()
     options = run.options
-    run.emulator = run.processes.start(
-        procs.python(
-            "-m", "tests.emulator",
-            "--port", str(run.emulator_port),
-            "--first-token-delay", str(options.first_token_delay),
-            "--token-delay", str(options.token_delay),
-            "--tokens", str(options.tokens),
-        ),
-        env=base_env(),
-        log=run.tmp / "emulator.log",
+    name = "emulator-tls" if tls is not None else "emulator"
+    args = procs.python(
+        "-m", "tests.emulator",
+        "--port", str(port),
+        "--first-token-delay", str(options.first_token_delay),
+        "--token-delay", str(options.token_delay),
+        "--tokens", str(options.tokens),
     )  # fmt: skip
+    if tls is not None:
+        args += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+    process = run.processes.start(args, env=base_env(), log=run.tmp / f"{name}.log")
     deadline = time.monotonic() + 20
-    while not procs.port_open(run.emulator_port):
-        if run.emulator.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the emulator did not start: {_tail(run.tmp / 'emulator.log')}")
+    while not procs.port_open(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {name} did not start: {_tail(run.tmp / f'{name}.log')}")
         time.sleep(0.1)
+    return port, process
 
 
-def emulator_env(run: Run) -> dict[str, str]:
-    base = f"http://127.0.0.1:{run.emulator_port}"
-    return {
+def start_emulators(run: Run) -> None:
+    run.emulator_port, run.emulator = start_emulator(run)
+    if run.options.tls:
+        run.tls_files = make_tls_files(run.tmp / "tls")
+        run.tls_emulator_port, run.tls_emulator = start_emulator(run, run.tls_files)
+
+
+def emulator_pids(run: Run) -> list[int]:
+    return [p.pid for p in (run.emulator, run.tls_emulator) if p is not None]
+
+
+def emulator_env(run: Run, tls: bool = False) -> dict[str, str]:
+    if tls:
+        assert run.tls_files is not None
+        base = f"https://127.0.0.1:{run.tls_emulator_port}"
+    else:
+        base = f"http://127.0.0.1:{run.emulator_port}"
+    env = {
         "CLOUDFLARE_ACCOUNT_ID": "acct-test",
         "CLOUDFLARE_API_TOKEN": "test-token",
         "CLOUDFLARE_AI_GATEWAY": "default",
@@ -180,6 +231,11 @@ def emulator_env(run: Run) -> dict[str, str]:
         "CLOUDFLARE_API_BASE_URL": f"{base}/client/v4",
         "CLOUDFLARE_AI_GATEWAY_TOKEN": "",
     }
+    if tls:
+        assert run.tls_files is not None
+        # httpx's default SSL context trusts exactly this file: the run's CA, nothing else.
+        env["SSL_CERT_FILE"] = str(run.tls_files.ca)
+    return env
 
 
 def _relative(path: Path) -> str:
@@ -211,9 +267,11 @@ def _ms(value: float | None) -> float | None:
 
 
 def drive(
-    run: Run, job: dict[str, Any], watch: int | None, db: BenchDatabase | None
+    run: Run, job: dict[str, Any], watch: list[int] | None, db: BenchDatabase | None
 ) -> dict[str, Any]:
-    """One level: connect everything, then the barrier, then the results and the metrics."""
+    """One level (or one open-loop step): connect, go, then the results and the metrics.
+
+    `watch`: the server's processes (CPU and RSS are their sums)."""
     options = run.options
     log = run.tmp / "load.log"
     rss = procs.PeakRss(watch) if watch is not None else None
@@ -227,15 +285,17 @@ def drive(
         generator.stdin.flush()
         ready = procs.read_json_line(generator, timeout=float(job["connect_timeout"]) + 60)
         writes_before = db.writes() if db is not None else None
-        cpu_before = procs.cpu_seconds(watch) if watch is not None else 0.0
-        emulator_cpu_before = procs.cpu_seconds(run.emulator.pid)
+        cpu_before = procs.cpu_seconds_of(watch) if watch is not None else 0.0
+        emulator_cpu_before = procs.cpu_seconds_of(emulator_pids(run))
         loadavg = _loadavg()
         with rss if rss is not None else contextlib.nullcontext():
             generator.stdin.write(b"go\n")
             generator.stdin.flush()
-            done = procs.read_json_line(generator, timeout=options.chat_timeout + 60)
-        cpu_after = procs.cpu_seconds(watch) if watch is not None else 0.0
-        emulator_cpu = procs.cpu_seconds(run.emulator.pid) - emulator_cpu_before
+            done = procs.read_json_line(
+                generator, timeout=float(job.get("duration", 0)) + options.chat_timeout + 60
+            )
+        cpu_after = procs.cpu_seconds_of(watch) if watch is not None else 0.0
+        emulator_cpu = procs.cpu_seconds_of(emulator_pids(run)) - emulator_cpu_before
     finally:
         run.processes.stop(generator, timeout=10)
     writes_after: Writes | None = None
@@ -281,6 +341,9 @@ def drive(
         "emulator_cpu_s": round(emulator_cpu, 3),
         "loadavg_before": loadavg,
     }
+    arrivals = [r["arrival"] for r in ok if r.get("arrival") is not None]
+    if arrivals:  # the open loop: planned arrival until the send (the socket's opening)
+        out["arrival_ms"] = {f"p{q}": _ms(percentile(arrivals, q)) for q in (50, 95)}
     if watch is not None and rss is not None:
         cpu = cpu_after - cpu_before
         out.update(
@@ -306,27 +369,33 @@ def drive(
     return out
 
 
-def wait_idle(pid: int, limit: float = 60.0, busy: float = 0.15) -> float:
-    """Wait (at most `limit` seconds) until the process uses under `busy` of a core."""
+def wait_idle(pids: list[int], limit: float = 60.0, busy: float = 0.15) -> float:
+    """Wait (at most `limit` seconds) until the processes use under `busy` of a core."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        before = procs.cpu_seconds(pid)
+        before = procs.cpu_seconds_of(pids)
         time.sleep(0.5)
-        if (procs.cpu_seconds(pid) - before) / 0.5 < busy:
+        if (procs.cpu_seconds_of(pids) - before) / 0.5 < busy:
             break
     return time.monotonic() - started
 
 
-def idle_cpu(pid: int, seconds: float = 3.0) -> float:
-    """The share of a core the process uses with no load (sweeps, heartbeats, timers)."""
-    before = procs.cpu_seconds(pid)
+def idle_cpu(pids: list[int], seconds: float = 3.0) -> float:
+    """The share of a core the processes use with no load (sweeps, heartbeats, timers)."""
+    before = procs.cpu_seconds_of(pids)
     time.sleep(seconds)
-    return (procs.cpu_seconds(pid) - before) / seconds
+    return (procs.cpu_seconds_of(pids) - before) / seconds
 
 
 def ws_job(
-    run: Run, server: Server, conversations: list[str], users: list[dict[str, Any]]
+    run: Run,
+    server: Server,
+    conversations: list[str],
+    users: list[dict[str, Any]],
+    first: int = 0,
 ) -> dict[str, Any]:
+    """Chats on `conversations`, which are items `first`, `first + 1`, … of a fixture
+    group: item i belongs to user i mod len(users)."""
     return {
         "mode": "ws",
         "host": "127.0.0.1",
@@ -337,7 +406,13 @@ def ws_job(
         "connect_timeout": 60,
         "connect_concurrency": 32,
         "chats": [
-            {"path": f"/ws/conversations/{cid}/", "cookie": users[i % len(users)]["cookie"]}
+            {
+                "path": f"/ws/conversations/{cid}/",
+                "cookie": users[(first + i) % len(users)]["cookie"],
+                # Several processes: chat i goes to process i mod n (round robin).
+                "port": server.ports[i % len(server.ports)],
+                "origin": f"http://127.0.0.1:{server.ports[i % len(server.ports)]}",
+            }
             for i, cid in enumerate(conversations)
         ],
     }
@@ -366,13 +441,14 @@ def api_job(run: Run, server: Server, users: list[dict[str, Any]], level: int) -
     }
 
 
-def baseline(run: Run) -> list[dict[str, Any]]:
+def baseline(run: Run, tls: bool = False) -> list[dict[str, Any]]:
     rows = []
     for level in run.options.levels:
         job = {
             "mode": "http",
             "host": "127.0.0.1",
-            "port": run.emulator_port,
+            "port": run.tls_emulator_port if tls else run.emulator_port,
+            "tls_ca": str(run.tls_files.ca) if tls and run.tls_files else None,
             "path": f"/v1/acct-test/default/workers-ai/{SONNET}",
             "token": "test-token",
             "message": MESSAGE,
@@ -381,7 +457,8 @@ def baseline(run: Run) -> list[dict[str, Any]]:
             "connect_timeout": 60,
             "connect_concurrency": 64,
         }
-        row = {"server": "direct", "database": "-", **drive(run, job, None, None)}
+        row = {"server": server_label("direct", tls), "database": "-"}
+        row.update(drive(run, job, None, None))
         rows.append(row)
         run.say(report.row_line(row))
     return rows
@@ -391,7 +468,7 @@ def baseline(run: Run) -> list[dict[str, Any]]:
 
 
 def server_command(kind: str, port: int, uvicorn_ws: str = "websockets") -> list[str]:
-    if kind == "daphne":
+    if kind in ("daphne", "daphne2"):
         return procs.python(
             "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"
         )
@@ -401,6 +478,27 @@ def server_command(kind: str, port: int, uvicorn_ws: str = "websockets") -> list
         "--ws", uvicorn_ws, "--lifespan", "on", "--loop", "asyncio",
         "--no-access-log", "--log-level", "warning",
     )  # fmt: skip
+
+
+def start_servers(run: Run, kind: str, env: dict[str, str], tls: bool) -> Server:
+    """The server under test: one process, or two daphne processes for "daphne2"."""
+    if kind != "daphne2":
+        server = start_server(run, kind, env)
+        server.tls = tls
+        return server
+    first = start_server(run, kind, env)
+    try:
+        first.others.append(start_server(run, kind, env))
+    except BaseException:
+        run.processes.stop(first.process)
+        raise
+    first.tls = tls
+    return first
+
+
+def stop_servers(run: Run, server: Server) -> None:
+    for one in (*server.others, server):
+        run.processes.stop(one.process, timeout=20)
 
 
 def start_server(run: Run, kind: str, env: dict[str, str]) -> Server:
@@ -444,10 +542,12 @@ def http_get(
             conn.close()
 
 
-def server_env(run: Run, db: BenchDatabase, var_dir: Path, secret: str) -> dict[str, str]:
+def server_env(
+    run: Run, db: BenchDatabase, var_dir: Path, secret: str, tls: bool = False
+) -> dict[str, str]:
     return {
         **base_env(),
-        **emulator_env(run),
+        **emulator_env(run, tls),
         **db.env(),
         "CHAT_VAR_DIR": str(var_dir),
         "DJANGO_DEBUG": "false",
@@ -544,8 +644,8 @@ def profile_server(
         time.sleep(1.0)  # attached before the load starts
         try:
             for conversations in chunk:
-                wait_idle(server.pid)
-                row = drive(run, ws_job(run, server, conversations, users), server.pid, None)
+                wait_idle(server.pids)
+                row = drive(run, ws_job(run, server, conversations, users), server.pids, None)
                 rounds.setdefault(fmt, []).append(row)
                 run.say(f"  profile round ({fmt}): {report.row_line(row)}")
         finally:
@@ -560,7 +660,7 @@ def profile_server(
         summary_path.write_text(summary["text"])
         run.say(summary["text"])
     return {
-        "server": server.kind,
+        "server": server.label,
         "level": PROFILE_LEVEL,
         "raw": _relative(raw) if raw.exists() else None,
         "svg": _relative(svg) if svg.exists() else None,
@@ -570,6 +670,73 @@ def profile_server(
     }
 
 
+# --- the open loop ------------------------------------------------------------------------------
+
+
+def server_variants(options: Options) -> list[tuple[str, bool]]:
+    """(server kind, over TLS) for every server the run measures: with --tls, both."""
+    modes = (False, True) if options.tls else (False,)
+    return [(kind, tls) for kind in options.servers for tls in modes]
+
+
+def open_seed(options: Options, rate: float) -> int:
+    return options.seed * 100_000 + round(rate * 100)
+
+
+def open_pool_size(options: Options) -> int:
+    """Conversations enough for every step of the ramp and one refining step."""
+    counts = [
+        len(openloop.poisson_schedule(rate, options.open_step_seconds, open_seed(options, rate)))
+        for rate in options.open_rates
+    ]
+    return sum(counts) + max(counts)
+
+
+def open_loop(
+    run: Run, db: BenchDatabase, server: Server, pool: list[str], users: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Poisson arrivals at rising rates, each step on its own, until one is not sustained."""
+    options = run.options
+    steps: list[dict[str, Any]] = []
+    used = 0
+    run.say(
+        f"   open loop: {options.open_step_seconds:g} s of Poisson arrivals per rate, replies "
+        f"of {options.tokens} tokens {options.token_delay * 1000:.1f} ms apart"
+    )
+    while (rate := openloop.next_rate(steps, options.open_rates)) is not None:
+        times = openloop.poisson_schedule(rate, options.open_step_seconds, open_seed(options, rate))
+        if used + len(times) > len(pool):
+            run.results["notes"].append(f"open loop on {server.label}: out of conversations")
+            break
+        job = ws_job(run, server, pool[used : used + len(times)], users, first=used)
+        for chat, at in zip(job["chats"], times, strict=True):
+            chat["at"] = round(at, 6)
+        job.update(
+            mode="ws-open",
+            duration=options.open_step_seconds,
+            timeout=options.open_step_seconds + options.chat_timeout,
+        )
+        refined = any(not openloop.step_verdict(step) for step in steps)
+        used += len(times)
+        wait_idle(server.pids)
+        step = drive(run, job, server.pids, db)
+        step.update(rate=rate, arrivals=len(times), refined=refined)
+        step["sustained"] = openloop.step_verdict(step)
+        steps.append(step)
+        run.say(report.open_step_line(step))
+    entry = {
+        "server": server.label,
+        "database": db.name,
+        "processes": len(server.pids),
+        "step_seconds": options.open_step_seconds,
+        "ttft_p95_limit_ms": openloop.TTFT_P95_LIMIT_MS,
+        "steps": steps,
+        "sustained_rate": openloop.highest_sustained(steps),
+    }
+    run.say(f"   {server.label} on {db.name}: {report.open_verdict(entry)}")
+    return entry
+
+
 # --- one database configuration ---------------------------------------------------------------
 
 
@@ -577,22 +744,40 @@ def run_database(run: Run, db: BenchDatabase, var_dir: Path, secret: str) -> Non
     options = run.options
     env = server_env(run, db, var_dir, secret)
     run.say(f"\n== {db.label}: migrate and fixtures")
+    variants = server_variants(options)
+    if db.name != "postgres" and any(kind == "daphne2" for kind, _ in variants):
+        note = "daphne2 runs on PostgreSQL + Redis only (the in-memory layer is per process)"
+        run.say(f"   {note}: skipped on {db.name}")
+        run.results["notes"].append(f"{note}: skipped on {db.name}")
+        variants = [(kind, tls) for kind, tls in variants if kind != "daphne2"]
+    if not variants and not options.long:
+        return
     db.create()
     procs.run_checked(procs.python("manage.py", "migrate", "--noinput", "-v", "0"), env)
     if not (var_dir / "static" / "staticfiles.json").exists():
         procs.run_checked(procs.python("manage.py", "collectstatic", "--noinput", "-v", "0"), env)
     groups: dict[str, int] = {}
+    users_needed = WARMUP_CHATS
     if options.load:
         groups["warmup"] = WARMUP_CHATS
-        groups.update({f"L{level}": level for level in options.levels})
-        if options.profile and not run.results.get("profile"):
-            groups.update({f"P{i}": PROFILE_LEVEL for i in range(PROFILE_ROUNDS)})
+        if options.open_loop:
+            groups["open"] = open_pool_size(options)
+            # Consecutive arrivals rotate through the users: each one sends every
+            # 4 / rate s at most, well within the per-user send limit (30 a minute).
+            users_needed = max(users_needed, int(4 * max(options.open_rates)) + 1)
+        else:
+            groups.update({f"L{level}": level for level in options.levels})
+            if options.profile and not run.results.get("profile"):
+                groups.update({f"P{i}": PROFILE_LEVEL for i in range(PROFILE_ROUNDS)})
+            # One user per concurrent chat: realistic, and within the per-user send limit.
+            users_needed = max(users_needed, *groups.values())
     spec = {
-        # One user per concurrent chat: realistic, and within the per-user send limit.
-        "users": max(max(groups.values(), default=1), WARMUP_CHATS) if options.load else 1,
+        "users": users_needed if options.load else 1,
         "sets": {
-            server: {k: v for k, v in groups.items() if server == "daphne" or k[0] != "P"}
-            for server in options.servers
+            server_label(kind, tls): {
+                k: v for k, v in groups.items() if (kind == "daphne" and not tls) or k[0] != "P"
+            }
+            for kind, tls in variants
         },
         "long": list(LONG_SIZES) if options.long else [],
         "count_writes": db.name == "sqlite",
@@ -605,19 +790,36 @@ def run_database(run: Run, db: BenchDatabase, var_dir: Path, secret: str) -> Non
     users = fixtures["users"]
     run.say(f"   {len(users)} users and their conversations in {time.monotonic() - started:.1f}s")
 
-    for kind in options.servers:
-        server = start_server(run, kind, env)
+    for kind, tls in variants:
+        server = start_servers(run, kind, server_env(run, db, var_dir, secret, tls), tls)
         try:
-            run.say(f"-- {kind} on {db.name} (pid {server.pid}, port {server.port})")
+            run.say(
+                f"-- {server.label} on {db.name} (pids {', '.join(map(str, server.pids))}, "
+                f"ports {', '.join(map(str, server.ports))})"
+            )
+            if len(server.pids) > 1:
+                run.say(
+                    f"   {len(server.pids)} processes; the load generator sends chat i to "
+                    f"process i mod {len(server.pids)} (round robin), and shares the "
+                    f"{os.cpu_count()} cores with them, the emulator and the databases"
+                )
             serve(run, db, server, fixtures)
         finally:
-            run.processes.stop(server.process, timeout=20)
-        kinds = log_problems(server.log)
+            stop_servers(run, server)
+        kinds: collections.Counter[str] = collections.Counter()
+        for one in (server, *server.others):
+            kinds.update(log_problems(one.log))
         if kinds:
             run.results["server_log"].append(
-                {"server": kind, "database": db.name, "problems": dict(kinds.most_common(10))}
+                {
+                    "server": server.label,
+                    "database": db.name,
+                    "problems": dict(kinds.most_common(10)),
+                }
             )
-            run.say(f"   {sum(kinds.values())} errors/warnings in the {kind} log, most common:")
+            run.say(
+                f"   {sum(kinds.values())} errors/warnings in the {server.label} log, most common:"
+            )
             for line, count in kinds.most_common(3):
                 run.say(f"     {count} x {line}")
     if options.long:
@@ -662,39 +864,43 @@ def serve(run: Run, db: BenchDatabase, server: Server, fixtures: dict[str, Any])
     """Everything measured on one running server, idle first, then heavier and heavier."""
     options = run.options
     users = fixtures["users"]
-    sets = fixtures["sets"][server.kind]
+    sets = fixtures["sets"][server.label]
     if options.load:
-        drive(run, ws_job(run, server, sets["warmup"], users), server.pid, None)
+        drive(run, ws_job(run, server, sets["warmup"], users), server.pids, None)
     if options.long:
         # Before the load: an idle server, not one still finishing abandoned replies.
-        wait_idle(server.pid)
+        wait_idle(server.pids)
         try:
             timings = long_over_http(run, server, fixtures["long"], fixtures["reader"]["cookie"])
         except (RuntimeError, OSError, http.client.HTTPException) as exc:
-            run.results["notes"].append(f"long conversations on {server.kind}/{db.name}: {exc}")
+            run.results["notes"].append(f"long conversations on {server.label}/{db.name}: {exc}")
             run.say(f"   opening long conversations failed: {exc}")
         else:
             run.results["long_http"].append(
-                {"server": server.kind, "database": db.name, "sizes": timings}
+                {"server": server.label, "database": db.name, "sizes": timings}
             )
             run.say(f"   opening long conversations: {report.long_line(timings)}")
     if not options.load:
         return
-    wait_idle(server.pid)
-    idle = idle_cpu(server.pid)
+    wait_idle(server.pids)
+    idle = idle_cpu(server.pids)
     run.say(f"   idle server: {idle * 100:.1f}% of a core")
     run.results["servers"].append(
         {
-            "server": server.kind,
+            "server": server.label,
             "database": db.name,
+            "processes": len(server.pids),
             "idle_cpu_pct": round(idle * 100, 2),
-            "rss_mb_idle_after_warmup": round(procs.rss_mb(server.pid), 1),
+            "rss_mb_idle_after_warmup": round(sum(procs.rss_mb(p) for p in server.pids), 1),
         }
     )
+    if options.open_loop:
+        run.results["open_loop"].append(open_loop(run, db, server, sets["open"], users))
+        return
     for level in options.levels:
-        wait_idle(server.pid)
-        row = drive(run, ws_job(run, server, sets[f"L{level}"], users), server.pid, db)
-        row = {"server": server.kind, "database": db.name, **row}
+        wait_idle(server.pids)
+        row = drive(run, ws_job(run, server, sets[f"L{level}"], users), server.pids, db)
+        row = {"server": server.label, "database": db.name, **row}
         if row.get("ok") and row.get("server_cpu_s") is not None:
             # The same CPU time less what the idle server would have used meanwhile.
             net = row["server_cpu_s"] - idle * row["wall_s"]
@@ -705,22 +911,24 @@ def serve(run: Run, db: BenchDatabase, server: Server, fixtures: dict[str, Any])
         run.results["rows"].append(row)
         run.say(report.row_line(row))
         if row["level"] == 0 or row["errors"] == row["level"]:
-            run.say(f"   every chat failed: see the {server.kind} log ({server.log})")
+            run.say(f"   every chat failed: see the {server.label} log ({server.log})")
         # Profile at PROFILE_LEVEL, before any heavier level leaves a backlog behind.
         next_level = next((n for n in options.levels if n > level), None)
         profile_now = level >= PROFILE_LEVEL or next_level is None or next_level > PROFILE_LEVEL
         if "P0" in sets and profile_now and not run.results.get("profile"):
             profile_groups = [sets[f"P{i}"] for i in range(PROFILE_ROUNDS)]
-            run.say(f"-- profiling {server.kind} under {PROFILE_LEVEL} chats (py-spy)")
+            run.say(f"-- profiling {server.label} under {PROFILE_LEVEL} chats (py-spy)")
             run.results["profile"] = profile_server(run, server, profile_groups, users)
     api_levels = [n for n in options.levels if n in API_LEVELS]
+    if len(server.pids) > 1:
+        api_levels = []  # the API client speaks to one port; the socket rows are the measure
     if api_levels:  # warm the API's own paths up first, as the socket's were
-        wait_idle(server.pid)
-        drive(run, api_job(run, server, users, WARMUP_CHATS), server.pid, None)
+        wait_idle(server.pids)
+        drive(run, api_job(run, server, users, WARMUP_CHATS), server.pids, None)
     for level in api_levels:
-        wait_idle(server.pid)
-        row = drive(run, api_job(run, server, users, level), server.pid, db)
-        row = {"server": f"{server.kind} /v1", "database": db.name, "path": "api", **row}
+        wait_idle(server.pids)
+        row = drive(run, api_job(run, server, users, level), server.pids, db)
+        row = {"server": f"{server.label} /v1", "database": db.name, "path": "api", **row}
         if row.get("server_cpu_s") is not None:
             row["cpu_s_per_chat"] = round(row["server_cpu_s"] / row["level"], 4)
         run.results["rows"].append(row)
@@ -774,11 +982,20 @@ def run(options: Options) -> dict[str, Any]:
                 "token_delay_s": options.token_delay,
             },
             "chat_timeout_s": options.chat_timeout,
+            "tls": options.tls,
+            "open_loop": {
+                "rates": list(options.open_rates),
+                "step_seconds": options.open_step_seconds,
+                "seed": options.seed,
+            }
+            if options.open_loop
+            else None,
             "commands": {kind: server_command(kind, 0, options.uvicorn_ws)[1:] for kind in SERVERS},
             "chat_env": {k: v for k, v in os.environ.items() if k.startswith("CHAT_")},
         },
         "baseline": [],
         "rows": [],
+        "open_loop": [],
         "servers": [],
         "long_http": [],
         "long_inproc": [],
@@ -793,13 +1010,18 @@ def run(options: Options) -> dict[str, Any]:
     try:
         with _sigterm_as_interrupt():
             procs.snapshot_source(tmp / "src")
-            start_emulator(run)
+            start_emulators(run)
             options.say(f"gateway emulator on port {run.emulator_port}: {options.tokens} tokens, "
                         f"first after {options.first_token_delay * 1000:.0f} ms, "
-                        f"then {options.token_delay * 1000:.0f} ms apart")  # fmt: skip
+                        f"then {options.token_delay * 1000:.1f} ms apart")  # fmt: skip
+            if options.tls:
+                options.say(f"and over HTTPS on port {run.tls_emulator_port} (a throwaway "
+                            "trustme CA that only this run's processes trust)")  # fmt: skip
             options.say(report.header())
-            if options.load:
+            if options.load and not options.open_loop:
                 run.results["baseline"] = baseline(run)
+                if options.tls:
+                    run.results["baseline"] += baseline(run, tls=True)
             for name in options.databases:
                 db: BenchDatabase
                 if name == "postgres":
@@ -821,9 +1043,13 @@ def run(options: Options) -> dict[str, Any]:
         run.processes.stop_all()
         procs.reset_workdir()
         run.results["duration_s"] = round(time.monotonic() - started, 1)
-        if run.results["rows"] or run.results["baseline"] or run.results["long_http"]:
+        results = run.results
+        if results["rows"] or results["baseline"] or results["long_http"] or results["open_loop"]:
             paths = report.write(run.results, options.out_dir, stamp)
-            options.say("\n" + report.table(run.results))
+            if results["rows"] or results["baseline"]:
+                options.say("\n" + report.table(run.results))
+            if results["open_loop"]:
+                options.say("\n" + report.open_loop_table(run.results))
             if run.results["long_http"] or run.results["long_inproc"]:
                 options.say("\n" + report.long_table(run.results))
             for path in paths:

@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -702,6 +703,8 @@ class GatewayEmulator:
 
     ``api_token=None`` accepts any (or no) ``Authorization``; ``account=None`` accepts any
     account id; ``strict=False`` skips the request-body validation (max_tokens, ranges, ...).
+    ``tls``: a server-side SSL context; the emulator then serves HTTPS, as Cloudflare does
+    (the benchmark uses a throwaway ``trustme`` certificate). Plain HTTP by default.
     """
 
     def __init__(
@@ -713,8 +716,10 @@ class GatewayEmulator:
         gateway_token: str | None = None,
         account: str | None = "acct-test",
         strict: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.api_token = api_token
         self.gateway_token = gateway_token
@@ -737,7 +742,8 @@ class GatewayEmulator:
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def gateway_base_url(self) -> str:
@@ -811,7 +817,12 @@ class GatewayEmulator:
         """Start listening in the running loop; ``port`` is known afterwards."""
         self._closing = False
         self._server = await asyncio.start_server(
-            self._handle_connection, self.host, self.port, backlog=2048, limit=1024 * 1024
+            self._handle_connection,
+            self.host,
+            self.port,
+            backlog=2048,
+            limit=1024 * 1024,
+            ssl=self.tls,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -1210,7 +1221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-token", default="test-token", help='"" accepts any token')
     parser.add_argument("--gateway-token", default=None)
     parser.add_argument("--account", default="acct-test", help='"" accepts any account')
+    parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this PEM chain")
+    parser.add_argument("--tls-key", default=None, help="the private key of --tls-cert (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
 
     emulator = GatewayEmulator(
         host=args.host,
@@ -1218,6 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
         api_token=args.api_token or None,
         gateway_token=args.gateway_token or None,
         account=args.account or None,
+        tls=tls,
     )
     emulator.default = Behaviour(
         shape=args.shape,

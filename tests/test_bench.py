@@ -1,0 +1,202 @@
+"""The benchmark's own parts: Poisson arrivals, the open loop's verdict, the HTTPS emulator.
+
+No Django and no server: the runs themselves are `manage.py bench` (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import load
+from bench.openloop import highest_sustained, next_rate, poisson_schedule, step_verdict
+from bench.tls import TlsFiles, make_tls_files
+from conversations.gateway.pool import ConnectionListTransport
+from tests.emulator import Behaviour, GatewayEmulator
+
+MODEL = "anthropic/claude-sonnet-4"
+BODY = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64, "stream": True}
+
+
+# --- Poisson arrivals ---------------------------------------------------------------------
+
+
+def test_poisson_schedule_has_the_asked_mean_rate() -> None:
+    times = poisson_schedule(10.0, 1000.0, seed=7)
+    # 10,000 expected arrivals: the count of a Poisson process spreads by its square root
+    # (100), so 3 % is more than three standard deviations.
+    assert len(times) == pytest.approx(10_000, rel=0.03)
+    gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.1, rel=0.03)
+
+
+def test_poisson_schedule_is_the_same_for_the_same_seed_only() -> None:
+    assert poisson_schedule(4.0, 30.0, seed=1) == poisson_schedule(4.0, 30.0, seed=1)
+    assert poisson_schedule(4.0, 30.0, seed=1) != poisson_schedule(4.0, 30.0, seed=2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rate=st.floats(min_value=0.1, max_value=50),
+    duration=st.floats(min_value=0.1, max_value=60),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_poisson_arrivals_rise_and_stay_within_the_step(
+    rate: float, duration: float, seed: int
+) -> None:
+    times = poisson_schedule(rate, duration, seed)
+    assert all(a < b for a, b in pairwise(times))
+    assert all(0 < at < duration for at in times)
+
+
+@pytest.mark.parametrize(("rate", "duration"), [(0, 10), (-1, 10), (1, 0)])
+def test_poisson_schedule_refuses_a_rate_or_duration_that_is_not_positive(
+    rate: float, duration: float
+) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        poisson_schedule(rate, duration, seed=1)
+
+
+# --- the verdict -------------------------------------------------------------------------------
+
+
+def step(rate: float, p95: float | None, errors: int = 0, ok: int = 10) -> dict[str, Any]:
+    return {"rate": rate, "ttft_ms": {"p50": p95, "p95": p95}, "errors": errors, "ok": ok}
+
+
+def test_a_step_is_sustained_with_no_error_and_ttft_p95_within_a_second() -> None:
+    assert step_verdict(step(4, 1000.0))
+    assert not step_verdict(step(4, 1000.1))
+    assert not step_verdict(step(4, 200.0, errors=1))
+    assert not step_verdict(step(4, None, ok=0))
+
+
+def test_highest_sustained_rate_is_the_top_of_the_unbroken_ramp() -> None:
+    steps = [step(1, 80), step(2, 90), step(4, 300), step(8, 2500), step(6, 700)]
+    assert highest_sustained(steps) == 6.0
+
+
+def test_a_lucky_rate_above_a_failed_one_does_not_count() -> None:
+    steps = [step(1, 80), step(2, 200, errors=1), step(4, 300)]
+    assert highest_sustained(steps) == 1.0
+
+
+def test_no_sustained_rate_when_the_lowest_fails() -> None:
+    assert highest_sustained([step(1, 1500)]) is None
+    assert highest_sustained([]) is None
+
+
+def test_the_ramp_doubles_until_a_failure_then_refines_once() -> None:
+    rates = (1.0, 2.0, 4.0, 8.0)
+    assert next_rate([], rates) == 1.0
+    assert next_rate([step(1, 80)], rates) == 2.0
+    done = [step(1, 80), step(2, 90), step(4, 2000)]
+    assert next_rate(done, rates) == 3.0
+    assert next_rate([*done, {**step(3, 500), "refined": True}], rates) is None
+    assert next_rate([step(1, 80), step(2, 90), step(4, 90), step(8, 90)], rates) is None
+    assert next_rate([step(1, 5000)], rates) is None
+
+
+# --- the emulator over HTTPS ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_emulator(tls_files: TlsFiles) -> Iterator[GatewayEmulator]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.cert, tls_files.key)
+    emulator = GatewayEmulator(tls=context)
+    emulator.default = Behaviour(tokens=5)
+    emulator.start_in_thread()
+    yield emulator
+    emulator.stop_thread()
+
+
+def gateway_url(emulator: GatewayEmulator) -> str:
+    return f"{emulator.gateway_base_url}/acct-test/default/workers-ai/{MODEL}"
+
+
+async def stream_through_the_product_transport(url: str) -> bytes:
+    """A streamed call through the gateway's own transport (default SSL context)."""
+    async with httpx.AsyncClient(transport=ConnectionListTransport(max_idle=1)) as client:
+        response = await client.post(url, json=BODY, headers={"Authorization": "Bearer test-token"})
+        return response.content
+
+
+async def test_the_emulator_serves_https_that_the_run_ca_verifies(
+    tls_emulator: GatewayEmulator, tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tls_emulator.gateway_base_url.startswith("https://127.0.0.1:")
+    # What the bench gives the server under test: SSL_CERT_FILE names the run's CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files.ca))
+    body = await stream_through_the_product_transport(gateway_url(tls_emulator))
+    assert b"event: message_stop" in body
+
+
+async def test_the_https_emulator_is_refused_without_the_run_ca(
+    tls_emulator: GatewayEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    served = len(tls_emulator.requests)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        await stream_through_the_product_transport(gateway_url(tls_emulator))
+    assert len(tls_emulator.requests) == served
+
+
+async def test_the_load_generator_reads_the_https_baseline(
+    tls_emulator: GatewayEmulator, tls_files: TlsFiles
+) -> None:
+    job = {
+        "mode": "http",
+        "host": "127.0.0.1",
+        "port": tls_emulator.port,
+        "tls_ca": str(tls_files.ca),
+        "path": f"/v1/acct-test/default/workers-ai/{MODEL}",
+        "token": "test-token",
+        "message": "Hello",
+        "count": 3,
+        "timeout": 10,
+        "connect_timeout": 10,
+    }
+    commands = asyncio.StreamReader()
+    commands.feed_data(b"go\n")
+    done = await load.run(job, commands)
+    assert [r["ok"] for r in done["results"]] == [True, True, True]
+    assert all(r["text_frames"] == 5 for r in done["results"])
+
+
+async def test_the_load_generator_refuses_https_it_cannot_verify(
+    tls_emulator: GatewayEmulator, tmp_path: Path
+) -> None:
+    other = make_tls_files(tmp_path)  # another CA: verification must fail
+    job = {
+        "mode": "http",
+        "host": "127.0.0.1",
+        "port": tls_emulator.port,
+        "tls_ca": str(other.ca),
+        "path": f"/v1/acct-test/default/workers-ai/{MODEL}",
+        "token": "test-token",
+        "message": "Hello",
+        "count": 1,
+        "timeout": 5,
+        "connect_timeout": 5,
+    }
+    commands = asyncio.StreamReader()
+    commands.feed_data(b"go\n")
+    done = await load.run(job, commands)
+    assert done["results"][0]["ok"] is False
+    assert "connect: SSLCertVerificationError" in done["results"][0]["error"]
