@@ -447,7 +447,10 @@ async def run(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[str, 
                 )
                 await asyncio.wait_for(asyncio.shield(client.connected), connect_timeout)
             except (OSError, TimeoutError, ConnectionError) as exc:
-                connect_errors[index] = f"connect: {type(exc).__name__} {exc}"[:80]
+                # A refused handshake says why (its status line) before the socket closes.
+                connect_errors[index] = (
+                    getattr(client, "error", None) or f"connect: {type(exc).__name__} {exc}"
+                )[:80]
                 if client.transport is not None:
                     client.transport.abort()
 
@@ -525,7 +528,7 @@ async def run_open(job: dict[str, Any], commands: asyncio.StreamReader) -> dict[
             )
             await asyncio.wait_for(asyncio.shield(client.connected), connect_timeout)
         except (OSError, TimeoutError, ConnectionError) as exc:
-            errors[index] = f"connect: {type(exc).__name__} {exc}"[:80]
+            errors[index] = (client.error or f"connect: {type(exc).__name__} {exc}")[:80]
             if client.transport is not None:
                 client.transport.abort()
             return

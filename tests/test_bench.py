@@ -1,12 +1,15 @@
 """The benchmark's own parts: Poisson arrivals, the open loop's verdict, the HTTPS emulator.
 
-No Django and no server: the runs themselves are `manage.py bench` (docs/performance.md).
+No database and no server under test: the runs themselves are `manage.py bench`
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -200,3 +203,76 @@ async def test_the_load_generator_refuses_https_it_cannot_verify(
     done = await load.run(job, commands)
     assert done["results"][0]["ok"] is False
     assert "connect: SSLCertVerificationError" in done["results"][0]["error"]
+
+
+# --- the open loop's load generator ------------------------------------------------------
+
+
+async def serve_replies(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refuse: bool = False
+) -> None:
+    """A stand-in chat socket: accepts the upgrade (or refuses it), then answers the one
+    message with a streamed piece and the complete state, as the server's frames do."""
+    await reader.readuntil(b"\r\n\r\n")
+    if refuse:
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        writer.close()
+        return
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    head = await reader.readexactly(2)
+    await reader.readexactly(4 + (head[1] & 0x7F))  # the mask and a short message
+    for text in (
+        b'<span hx-swap-oob="beforeend:#turn-1">Hi</span>',
+        b'<div data-state="complete"></div>',
+    ):
+        writer.write(bytes([0x81, len(text)]) + text)
+    await writer.drain()
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await reader.read(64)  # the client's close frame: the server closes too
+    writer.close()
+
+
+async def test_the_open_loop_sends_each_chat_at_its_own_arrival_time() -> None:
+    server = await asyncio.start_server(serve_replies, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    times = [0.0, 0.05, 0.1, 0.3]
+    job = {
+        "mode": "ws-open",
+        "host": "127.0.0.1",
+        "port": port,
+        "origin": f"http://127.0.0.1:{port}",
+        "message": "Hello",
+        "timeout": 10,
+        "chats": [{"path": "/ws/", "cookie": "s=1", "at": at} for at in times],
+    }
+    commands = asyncio.StreamReader()
+    commands.feed_data(b"go\n")
+    started = time.perf_counter()
+    async with server:
+        done = await load.run(job, commands)
+    assert [r["ok"] for r in done["results"]] == [True] * 4
+    assert all(r["arrival"] is not None and r["arrival"] >= 0 for r in done["results"])
+    assert done["wall_s"] >= 0.3
+    assert time.perf_counter() - started < 5
+
+
+async def test_a_refused_socket_in_the_open_loop_says_why() -> None:
+    server = await asyncio.start_server(
+        lambda r, w: serve_replies(r, w, refuse=True), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    job = {
+        "mode": "ws-open",
+        "host": "127.0.0.1",
+        "port": port,
+        "origin": f"http://127.0.0.1:{port}",
+        "message": "Hello",
+        "timeout": 5,
+        "chats": [{"path": "/ws/", "cookie": "s=1", "at": 0.0}],
+    }
+    commands = asyncio.StreamReader()
+    commands.feed_data(b"go\n")
+    async with server:
+        done = await load.run(job, commands)
+    assert done["results"][0]["ok"] is False
+    assert done["results"][0]["error"] == "handshake: HTTP/1.1 403 Forbidden"
