@@ -109,12 +109,16 @@ def _turns_to_sync(
     """For a page that (re)connected: the stored truth of the turns it shows as
     still being written, the turns of the active path it has not seen (None when its
     newest turn left the path: another tab showed another version meanwhile), and
-    the active reply."""
+    the active reply. A page that shows no turn (`last` None or 0) gets the path's
+    latest ones."""
     _frame_context(credentials, conversation_id)
     turns = turns_shown(Turn.objects.filter(conversation_id=conversation_id))
     stale = list(turns.filter(pk__in=shown).exclude(state__in=Turn.ACTIVE_STATES))
-    newer: list[Turn] | None = []
-    if last is not None:
+    newer: list[Turn] | None
+    if not last:
+        latest = turns.filter(on_path=True).order_by("-position")
+        newer = list(reversed(latest[: settings.CHAT_VISIBLE_TURNS]))
+    else:
         # The path's turns newer than the page's newest follow it (they descend from
         # it): the page's newest comes first, when it is still on the path.
         path = turns.filter(on_path=True, pk__gte=last).order_by("position")
