@@ -173,6 +173,9 @@ def base_env() -> dict[str, str]:
     for name in ("DJANGO_SETTINGS_MODULE", "DJANGO_CSRF_TRUSTED_ORIGINS", "CHAT_DEFAULT_MODEL"):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
+    # A chat here is one reply: the title a new conversation's first reply also asks the
+    # model for (one small extra call per conversation, not per reply) stays out of it.
+    env["CHAT_TITLES"] = "off"
     return env
 
 
