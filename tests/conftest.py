@@ -119,7 +119,7 @@ async def frames_until(communicator: Any, pattern: str, timeout: float = 5) -> l
 
 async def get_turns(conversation: Any) -> list[Any]:
     """The conversation's turns as stored, in order."""
-    return await sync_to_async(lambda: list(conversation.turns.order_by("position")))()
+    return await sync_to_async(lambda: list(conversation.turns.order_by("position", "pk")))()
 
 
 def wait_until(

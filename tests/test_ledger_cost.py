@@ -105,10 +105,10 @@ class TestEstimatedSpends:
         assert f"Cost: ${spend.cost_usd:.4f} (estimated)\n" in markdown
 
     def test_a_retried_reply_shows_its_latest_run(self, signed_in, conversation):
-        # Retry after a failure writes the reply again in its place (Regenerate after
-        # success makes a new version instead, billed on its own).
+        # A reply that failed before its first word (billed for its prompt) is written
+        # again in its place on Retry; one with text becomes a version, billed on its own.
         reply = billed_reply(
-            conversation, state="error", input_tokens=1000, output_tokens=2000, content="Use"
+            conversation, state="error", input_tokens=1000, output_tokens=2000, content=""
         )
         reply_retry(conversation=conversation, turn_id=reply.pk)
         reply_finish(

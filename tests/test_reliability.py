@@ -29,7 +29,9 @@ async def wait_state(turn_id: int, states: set[str], timeout: float = 5) -> Turn
     return await wait_until_async(reached, timeout, what=f"turn {turn_id} {states}")
 
 
-async def test_retry_writes_the_failed_reply_again(conversation, user, fake_provider):
+async def test_retry_writes_the_reply_again_and_keeps_the_failed_text(
+    conversation, user, fake_provider
+):
     fake_provider.script = [ResponseStarted(), TextDelta("half"), ReplyError("Overloaded.")]
     communicator = await open_chat_socket(conversation, user)
     await communicator.send_to(text_data=json.dumps({"message": "q"}))
@@ -40,11 +42,12 @@ async def test_retry_writes_the_failed_reply_again(conversation, user, fake_prov
     await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(failed.pk)}))
     await frames_until(communicator, r'data-state="complete"')
     turns = await get_turns(conversation)
-    assert [(t.pk, t.state, t.content) for t in turns] == [
-        (turns[0].pk, "complete", "q"),
-        (failed.pk, "complete", "whole answer"),
+    assert [(t.state, t.content, t.on_path) for t in turns] == [
+        ("complete", "q", True),
+        ("error", "half", False),  # what it wrote stays, as the first version
+        ("complete", "whole answer", True),
     ]
-    assert turns[1].error_message == ""
+    assert turns[1].pk == failed.pk and turns[2].error_message == ""
     # Only the last reply can be written again.
     await communicator.send_to(text_data=json.dumps({"action": "retry", "turn": str(turns[0].pk)}))
     assert "Only the last reply" in await communicator.receive_from(timeout=5)

@@ -99,11 +99,29 @@ def test_regenerate_twice_gives_three_replies_to_step_through(conversation) -> N
         assert shown(conversation)[reply.content] == expected
 
 
-def test_a_failed_reply_is_retried_in_its_place(conversation) -> None:
-    _, pending = message_send(conversation=conversation, text="Q")
-    reply_finish(turn_id=pending.pk, outcome=ReplyOutcome(state="error", content="hal"))
-    again = reply_retry(conversation=conversation, turn_id=pending.pk)
-    assert again.pk == pending.pk and again.state == "pending" and again.content == ""
+@pytest.mark.parametrize("state", ["error", "interrupted", "cancelled"])
+def test_a_failed_reply_with_text_is_kept_as_a_version_when_retried(conversation, state) -> None:
+    _, failed = message_send(conversation=conversation, text="Q")
+    reply_finish(turn_id=failed.pk, outcome=ReplyOutcome(state=state, content="hal"))
+    again = reply_retry(conversation=conversation, turn_id=failed.pk)
+    assert again.pk != failed.pk and again.state == "pending" and again.content == ""
+    kept = Turn.objects.get(pk=failed.pk)
+    assert (kept.state, kept.content, kept.on_path) == (state, "hal", False)
+    answer(again, "HAL 9000")
+    assert path(conversation) == ["Q", "HAL 9000"]
+    assert shown(conversation) == {"Q": None, "HAL 9000": (2, 2)}
+    path_switch(conversation=conversation, turn_id=failed.pk)
+    assert path(conversation) == ["Q", "hal"]  # the failed text, still there
+
+
+@pytest.mark.parametrize("state", ["error", "cancelled"])
+def test_a_reply_that_failed_with_no_text_is_written_again_in_its_place(
+    conversation, state
+) -> None:
+    _, failed = message_send(conversation=conversation, text="Q")
+    reply_finish(turn_id=failed.pk, outcome=ReplyOutcome(state=state, content=""))
+    again = reply_retry(conversation=conversation, turn_id=failed.pk)
+    assert again.pk == failed.pk and again.state == "pending" and again.content == ""
     assert conversation.turns.count() == 2
 
 

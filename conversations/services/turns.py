@@ -408,9 +408,10 @@ def _reset_reply(
 
 
 def reply_retry(*, conversation: Conversation, turn_id: int, actor: Actor | None = None) -> Turn:
-    """Write the last reply again, with the current settings: Retry (a reply that ended
-    without its whole text is written again in its place) or Regenerate (a complete
-    reply is kept, and a new version of it is written beside it).
+    """Write the last reply again, with the current settings, as a new version beside
+    it (Regenerate after `complete`; Retry after a failure, which keeps the text it
+    had). Only a reply that ended with no text at all is written again in its place:
+    there is nothing to keep.
 
     Only the last turn of the active path, an assistant reply that has ended.
     """
@@ -464,7 +465,7 @@ def store_retry(
             _count_call(locked.owner_id, UpstreamCall.Kind.RETRY)
             rows = history_rows(conversation_id=locked.pk, before=last.position)
             hold = _hold_budget(locked, actor=actor, prompt=[content for _, content in rows])
-            if last.state == Turn.State.COMPLETE:
+            if last.content:  # what it wrote stays, as a version
                 removed = _leave_path(locked, from_position=last.position)
                 reply = _new_version(
                     last,
