@@ -35,6 +35,7 @@ from conversations.services import (
 from conversations.services.titles import (
     TITLE_MAX_CHARS,
     TITLE_MAX_TOKENS,
+    TITLE_MAX_WORDS,
     title_begin,
     title_clean,
     title_finish,
@@ -99,15 +100,21 @@ def test_a_model_answer_is_cleaned_into_one_short_line(answer, title) -> None:
     assert title_clean(answer) == title
 
 
-def test_a_long_answer_is_cut_at_a_word_within_the_limit() -> None:
-    title = title_clean("word " * 40)
-    assert title == " ".join(["word"] * 16) and len(title) <= TITLE_MAX_CHARS
+def test_a_sentence_is_not_a_title_and_a_long_word_run_is_cut_within_the_limit() -> None:
+    # What the small bundled model answered in a run: the first message's words stay.
+    rambling = "The best way to learn is to learn from others. The best way to learn is"
+    assert title_clean(rambling) == ""
+    assert title_clean("word " * 9) == ""
+    assert title_clean("word " * 8) == " ".join(["word"] * 8)
+    title = title_clean("Supercalifragilisticexpialidocious " * 4)
+    assert title == " ".join(["Supercalifragilisticexpialidocious"] * 2)
+    assert len(title) <= TITLE_MAX_CHARS
 
 
 @given(st.text())
 def test_any_model_answer_becomes_one_storable_line_within_the_limit_or_nothing(text) -> None:
     title = title_clean(text)
-    assert len(title) <= TITLE_MAX_CHARS
+    assert len(title) <= TITLE_MAX_CHARS and len(title.split()) <= TITLE_MAX_WORDS
     assert title == " ".join(title.split())  # one line, no stray spaces
     assert all(ch.isprintable() for ch in title)
     assert title_clean(title) == title  # cleaning a clean title changes nothing

@@ -21,6 +21,8 @@ from .turns import call_counted, title_from
 
 TITLE_MAX_TOKENS = 24
 TITLE_MAX_CHARS = 80
+# Asked for two to six; a longer answer is a sentence, not a title (small models ramble).
+TITLE_MAX_WORDS = 8
 # Of the first message and of the reply, the model reads at most this much.
 TITLE_SOURCE_CHARS = 2000
 TITLE_SYSTEM = (
@@ -48,7 +50,8 @@ class TitleCall:
 
 def title_clean(text: str) -> str:
     """A model's answer as a title: its first line without quotes, Markdown or trailing
-    punctuation, at most TITLE_MAX_CHARS characters; empty when nothing is left."""
+    punctuation, at most TITLE_MAX_CHARS characters; empty when nothing is left, or when
+    it runs past TITLE_MAX_WORDS words (a sentence, not a title)."""
     line = next((line for line in text.splitlines() if line.strip()), "")
     line = "".join(ch if ch.isprintable() else " " for ch in line)
     line = " ".join(line.split())
@@ -57,6 +60,8 @@ def title_clean(text: str) -> str:
         line = _PREFIX.sub("", line).strip(_WRAPPERS + " ").rstrip(_TRAILING + " ")
         if line == before:
             break
+    if len(line.split()) > TITLE_MAX_WORDS:
+        return ""
     if len(line) > TITLE_MAX_CHARS:
         cut = line[: TITLE_MAX_CHARS + 1].rsplit(" ", 1)[0]
         line = (cut if len(cut) <= TITLE_MAX_CHARS else line[:TITLE_MAX_CHARS]).rstrip(
