@@ -160,24 +160,46 @@ async def test_the_https_emulator_is_refused_without_the_run_ca(
     assert len(tls_emulator.requests) == served
 
 
-async def test_the_load_generator_reads_the_https_baseline(
-    tls_emulator: GatewayEmulator, tls_files: TlsFiles
-) -> None:
-    job = {
+async def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The load generator's run of `job`, told to go at once."""
+    commands = asyncio.StreamReader()
+    commands.feed_data(b"go\n")
+    return await load.run(job, commands)
+
+
+def https_job(port: int, ca: Path, *, count: int, timeout: float) -> dict[str, Any]:
+    """`count` direct streams from the HTTPS emulator, trusting only `ca`."""
+    return {
         "mode": "http",
         "host": "127.0.0.1",
-        "port": tls_emulator.port,
-        "tls_ca": str(tls_files.ca),
+        "port": port,
+        "tls_ca": str(ca),
         "path": f"/v1/acct-test/default/workers-ai/{MODEL}",
         "token": "test-token",
         "message": "Hello",
-        "count": 3,
-        "timeout": 10,
-        "connect_timeout": 10,
+        "count": count,
+        "timeout": timeout,
+        "connect_timeout": timeout,
     }
-    commands = asyncio.StreamReader()
-    commands.feed_data(b"go\n")
-    done = await load.run(job, commands)
+
+
+def open_loop_job(port: int, times: list[float], *, timeout: float) -> dict[str, Any]:
+    """One chat arriving at each of `times` (seconds after go) on a socket at `port`."""
+    return {
+        "mode": "ws-open",
+        "host": "127.0.0.1",
+        "port": port,
+        "origin": f"http://127.0.0.1:{port}",
+        "message": "Hello",
+        "timeout": timeout,
+        "chats": [{"path": "/ws/", "cookie": "s=1", "at": at} for at in times],
+    }
+
+
+async def test_the_load_generator_reads_the_https_baseline(
+    tls_emulator: GatewayEmulator, tls_files: TlsFiles
+) -> None:
+    done = await run_job(https_job(tls_emulator.port, tls_files.ca, count=3, timeout=10))
     assert [r["ok"] for r in done["results"]] == [True, True, True]
     assert all(r["text_frames"] == 5 for r in done["results"])
 
@@ -186,21 +208,7 @@ async def test_the_load_generator_refuses_https_it_cannot_verify(
     tls_emulator: GatewayEmulator, tmp_path: Path
 ) -> None:
     other = make_tls_files(tmp_path)  # another CA: verification must fail
-    job = {
-        "mode": "http",
-        "host": "127.0.0.1",
-        "port": tls_emulator.port,
-        "tls_ca": str(other.ca),
-        "path": f"/v1/acct-test/default/workers-ai/{MODEL}",
-        "token": "test-token",
-        "message": "Hello",
-        "count": 1,
-        "timeout": 5,
-        "connect_timeout": 5,
-    }
-    commands = asyncio.StreamReader()
-    commands.feed_data(b"go\n")
-    done = await load.run(job, commands)
+    done = await run_job(https_job(tls_emulator.port, other.ca, count=1, timeout=5))
     assert done["results"][0]["ok"] is False
     assert "connect: SSLCertVerificationError" in done["results"][0]["error"]
 
@@ -235,21 +243,9 @@ async def serve_replies(
 async def test_the_open_loop_sends_each_chat_at_its_own_arrival_time() -> None:
     server = await asyncio.start_server(serve_replies, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    times = [0.0, 0.05, 0.1, 0.3]
-    job = {
-        "mode": "ws-open",
-        "host": "127.0.0.1",
-        "port": port,
-        "origin": f"http://127.0.0.1:{port}",
-        "message": "Hello",
-        "timeout": 10,
-        "chats": [{"path": "/ws/", "cookie": "s=1", "at": at} for at in times],
-    }
-    commands = asyncio.StreamReader()
-    commands.feed_data(b"go\n")
     started = time.perf_counter()
     async with server:
-        done = await load.run(job, commands)
+        done = await run_job(open_loop_job(port, [0.0, 0.05, 0.1, 0.3], timeout=10))
     assert [r["ok"] for r in done["results"]] == [True] * 4
     assert all(r["arrival"] is not None and r["arrival"] >= 0 for r in done["results"])
     assert done["wall_s"] >= 0.3
@@ -261,18 +257,7 @@ async def test_a_refused_socket_in_the_open_loop_says_why() -> None:
         lambda r, w: serve_replies(r, w, refuse=True), "127.0.0.1", 0
     )
     port = server.sockets[0].getsockname()[1]
-    job = {
-        "mode": "ws-open",
-        "host": "127.0.0.1",
-        "port": port,
-        "origin": f"http://127.0.0.1:{port}",
-        "message": "Hello",
-        "timeout": 5,
-        "chats": [{"path": "/ws/", "cookie": "s=1", "at": 0.0}],
-    }
-    commands = asyncio.StreamReader()
-    commands.feed_data(b"go\n")
     async with server:
-        done = await load.run(job, commands)
+        done = await run_job(open_loop_job(port, [0.0], timeout=5))
     assert done["results"][0]["ok"] is False
     assert done["results"][0]["error"] == "handshake: HTTP/1.1 403 Forbidden"
