@@ -110,15 +110,17 @@ def title_begin(*, turn_id: int) -> TitleCall | None:
     if not settings.CHAT_TITLES:
         return None
     reply = (
-        Turn.objects.select_related("conversation__owner")
+        Turn.objects.select_related("conversation__owner", "parent")
         .filter(pk=turn_id, role=Turn.Role.ASSISTANT, state=Turn.State.COMPLETE)
         .first()
     )
     if reply is None:
         return None
     conversation = reply.conversation
-    first = conversation.turns.order_by("position").only("position", "role", "content").first()
-    if first is None or first.role != Turn.Role.USER or reply.position != first.position + 1:
+    # The conversation's first reply answers a message that follows nothing (whichever
+    # version of it the path shows).
+    first = reply.parent
+    if first is None or first.parent_id is not None or first.role != Turn.Role.USER:
         return None
     fallback = title_from(first.content)
     if conversation.title != fallback:
